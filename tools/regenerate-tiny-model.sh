@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Rebuild the tiny Gemma 4 test model, its ONNX export and the transformers goldens:
+#   bash tools/regenerate-tiny-model.sh
+# Makes a Python virtual environment from tools/requirements.txt (package index only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${GEMMA_BATCH_TOOLS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/gemma-batch/tools-venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet -r tools/requirements.txt
+fi
+py="$venv/bin/python"
+out=models/tiny-gemma4
+rm -rf "$out"
+"$py" tools/make_tiny_gemma4.py --out "$out/hf"
+"$py" tools/export_gemma4.py --checkpoint "$out/hf" --out "$out" --quantize int8
+"$py" tools/reference.py --checkpoint "$out/hf" --onnx "$out" --out "$out/goldens"
+du -sh "$out"
