@@ -1,0 +1,64 @@
+//! Typed errors of the library. The CLI adds context at its edges with `anyhow`.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("model directory {dir}: missing {file}{hint}")]
+    MissingModelFile { dir: PathBuf, file: String, hint: String },
+
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{path}: {message}")]
+    InvalidModel { path: PathBuf, message: String },
+
+    #[error("graph {graph}: {message}")]
+    GraphContract { graph: String, message: String },
+
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+
+    #[error("image {source_name}: {message}")]
+    Image { source_name: String, message: String },
+
+    #[error("prompt: {0}")]
+    Prompt(String),
+
+    #[error("ONNX Runtime: {0}")]
+    Ort(String),
+
+    #[error("tract: {0}")]
+    Tract(String),
+
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
+
+/// Reads and parses a JSON file, naming the file in any error.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|source| Error::Json { path: path.to_path_buf(), source })
+}

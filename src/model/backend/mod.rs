@@ -1,0 +1,107 @@
+//! Execution backends: ONNX Runtime (CPU or CUDA) and tract (pure Rust, CPU).
+
+pub mod ort;
+pub mod tract;
+
+use std::path::Path;
+
+use super::tensor::{Tensor, TensorSpec};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Ort,
+    Tract,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// CUDA when available, else CPU (and say so).
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// What a loaded backend actually runs on, for provenance and messages.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendInfo {
+    pub backend: BackendKind,
+    pub device: String,
+    /// Set when `--device auto` fell back from CUDA, with the reason.
+    pub fallback: Option<String>,
+}
+
+/// One loaded ONNX graph.
+pub trait Graph: Send {
+    fn name(&self) -> &str;
+    fn inputs(&self) -> &[TensorSpec];
+    fn outputs(&self) -> &[TensorSpec];
+    /// Runs the graph; inputs are matched by name and returned outputs keep graph order.
+    fn run(&mut self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    pub kind: BackendKind,
+    pub device: Device,
+    /// Intra-op threads; 0 lets the backend decide.
+    pub threads: usize,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions { kind: BackendKind::Ort, device: Device::Auto, threads: 0 }
+    }
+}
+
+/// Opens graphs for one backend and device.
+pub enum Loader {
+    Ort(ort::OrtLoader),
+    Tract(tract::TractLoader),
+}
+
+impl Loader {
+    pub fn new(options: &BackendOptions) -> Result<Self> {
+        match options.kind {
+            BackendKind::Ort => Ok(Loader::Ort(ort::OrtLoader::new(options)?)),
+            BackendKind::Tract => {
+                if options.device == Device::Cuda {
+                    return Err(Error::Unsupported(
+                        "the tract backend runs on the CPU only; use --backend ort for --device cuda".into(),
+                    ));
+                }
+                Ok(Loader::Tract(tract::TractLoader::new(options)))
+            }
+        }
+    }
+
+    pub fn open(&mut self, path: &Path) -> Result<Box<dyn Graph>> {
+        super::files::check_external_data(path)?;
+        match self {
+            Loader::Ort(l) => l.open(path),
+            Loader::Tract(l) => l.open(path),
+        }
+    }
+
+    pub fn info(&self) -> BackendInfo {
+        match self {
+            Loader::Ort(l) => l.info(),
+            Loader::Tract(_) => {
+                BackendInfo { backend: BackendKind::Tract, device: "cpu".into(), fallback: None }
+            }
+        }
+    }
+}
+
+/// Finds the spec of a named input, or says which graph lacks it.
+pub(crate) fn spec<'a>(graph: &str, specs: &'a [TensorSpec], name: &str) -> Result<&'a TensorSpec> {
+    specs.iter().find(|s| s.name == name).ok_or_else(|| Error::GraphContract {
+        graph: graph.to_string(),
+        message: format!(
+            "has no input named {name:?} (inputs: {})",
+            specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    })
+}

@@ -1,0 +1,655 @@
+//! Gemma 4 over three ONNX graphs (`embed_tokens`, `vision_encoder`, `decoder_model_merged`):
+//! prompt preparation, batched generation with a KV cache carried between steps, and
+//! candidate scoring.
+
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::backend::{BackendInfo, BackendOptions, Graph, Loader};
+use super::config::{Gemma4Config, GenerationConfig, ImageProcessorConfig};
+use super::files::{self, Variant};
+use super::sampling::{self, Sampling};
+use super::tensor::{Dim, Tensor};
+use super::tokenizer::GemmaTokenizer;
+use crate::error::{Error, Result};
+use crate::prepare::chat::{ChatTemplate, Message};
+use crate::prepare::image::{ImageProcessor, PreparedImage, DEFAULT_MAX_PIXELS};
+
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    pub backend: BackendOptions,
+    pub variant: Variant,
+    pub max_image_pixels: u64,
+    /// Longest slice of a prompt fed to the decoder at once; bounds the logits buffer.
+    pub prefill_chunk: usize,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            backend: BackendOptions::default(),
+            variant: Variant::Fp32,
+            max_image_pixels: DEFAULT_MAX_PIXELS,
+            prefill_chunk: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    Path(PathBuf),
+    Bytes { name: String, bytes: Vec<u8> },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub system: Option<String>,
+    pub prompt: String,
+    pub images: Vec<ImageSource>,
+}
+
+/// A request turned into model inputs: expanded prompt ids and prepared images.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub input_ids: Vec<u32>,
+    pub images: Vec<PreparedImage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerationOptions {
+    pub max_new_tokens: usize,
+    /// None: greedy.
+    pub sampling: Option<Sampling>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// An end-of-generation token was produced.
+    Stop,
+    /// `max_new_tokens` was reached.
+    Length,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CandidateScore {
+    pub candidate: String,
+    pub token_ids: Vec<u32>,
+    /// Sum of the log-probabilities of the candidate's tokens after the prompt.
+    pub logprob: f64,
+}
+
+/// One cache layer of the decoder, read from its input metadata.
+#[derive(Debug, Clone)]
+struct CacheLayer {
+    key_in: String,
+    value_in: String,
+    key_out: String,
+    value_out: String,
+    heads: usize,
+    head_dim: usize,
+}
+
+pub struct Gemma4 {
+    pub dir: PathBuf,
+    pub config: Gemma4Config,
+    pub generation_config: GenerationConfig,
+    pub tokenizer: GemmaTokenizer,
+    pub images: ImageProcessor,
+    chat: ChatTemplate,
+    embed: Box<dyn Graph>,
+    vision: Option<Box<dyn Graph>>,
+    decoder: Box<dyn Graph>,
+    cache: Vec<CacheLayer>,
+    eos: Vec<u32>,
+    info: BackendInfo,
+    prefill_chunk: usize,
+}
+
+fn contract(graph: &dyn Graph, message: String) -> Error {
+    Error::GraphContract { graph: graph.name().to_string(), message }
+}
+
+fn require_io(graph: &dyn Graph, inputs: &[&str], outputs: &[&str]) -> Result<()> {
+    for name in inputs {
+        if !graph.inputs().iter().any(|s| s.name == *name) {
+            let have: Vec<_> = graph.inputs().iter().map(|s| s.name.as_str()).collect();
+            return Err(contract(graph, format!("missing input {name:?} (has: {})", have.join(", "))));
+        }
+    }
+    for name in outputs {
+        if !graph.outputs().iter().any(|s| s.name == *name) {
+            let have: Vec<_> = graph.outputs().iter().map(|s| s.name.as_str()).collect();
+            return Err(contract(graph, format!("missing output {name:?} (has: {})", have.join(", "))));
+        }
+    }
+    Ok(())
+}
+
+/// Cache layers from `past_key_values.{i}.key/value` inputs; head counts and sizes must be
+/// fixed numbers in the metadata (they differ between sliding and full-attention layers).
+fn cache_layers(decoder: &dyn Graph) -> Result<Vec<CacheLayer>> {
+    let mut layers = Vec::new();
+    for spec in decoder.inputs() {
+        let Some(rest) = spec.name.strip_prefix("past_key_values.") else { continue };
+        let Some(index) = rest.strip_suffix(".key") else { continue };
+        let index: usize = index
+            .parse()
+            .map_err(|_| contract(decoder, format!("cache input {:?} has no layer number", spec.name)))?;
+        let (Some(heads), Some(head_dim)) = (spec.fixed(1), spec.fixed(3)) else {
+            return Err(contract(
+                decoder,
+                format!("cache input {} must have fixed head count and head size, has {:?}", spec.name, spec.shape),
+            ));
+        };
+        let value_in = format!("past_key_values.{index}.value");
+        let key_out = format!("present.{index}.key");
+        let value_out = format!("present.{index}.value");
+        require_io(decoder, &[&value_in], &[&key_out, &value_out])?;
+        layers.push((index, CacheLayer { key_in: spec.name.clone(), value_in, key_out, value_out, heads, head_dim }));
+    }
+    layers.sort_by_key(|(i, _)| *i);
+    Ok(layers.into_iter().map(|(_, l)| l).collect())
+}
+
+impl Gemma4 {
+    pub fn load(dir: &Path, options: &ModelOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+            });
+        }
+        files::require(dir, "config.json")?;
+        let config = Gemma4Config::load(dir)?;
+        let generation_config = GenerationConfig::load(dir)?;
+        let text = &config.text_config;
+        let tokenizer =
+            GemmaTokenizer::load(dir, text.pad_token_id, config.image_token_id, config.boi_token_id, config.eoi_token_id)?;
+        let template_path = files::require(dir, "chat_template.jinja")?;
+        let template = std::fs::read_to_string(&template_path).map_err(|e| Error::io(&template_path, e))?;
+        let chat = ChatTemplate::new(template, tokenizer.special.bos_text.clone(), tokenizer.special.eos_text.clone())?;
+        let mut images = ImageProcessor::new(ImageProcessorConfig::load(dir)?);
+        images.max_pixels = options.max_image_pixels;
+
+        let mut loader = Loader::new(&options.backend)?;
+        let embed = loader.open(&files::graph_path(dir, files::EMBED_TOKENS, options.variant)?)?;
+        let decoder = loader.open(&files::graph_path(dir, files::DECODER, options.variant)?)?;
+        let vision = if config.vision_config.is_some() {
+            Some(loader.open(&files::graph_path(dir, files::VISION_ENCODER, options.variant)?)?)
+        } else {
+            None
+        };
+
+        require_io(embed.as_ref(), &["input_ids"], &["inputs_embeds"])?;
+        let has_per_layer_inputs = embed.outputs().iter().any(|s| s.name == "per_layer_inputs");
+        let mut dec_inputs = vec!["inputs_embeds", "attention_mask", "position_ids"];
+        if has_per_layer_inputs {
+            dec_inputs.push("per_layer_inputs");
+        }
+        require_io(decoder.as_ref(), &dec_inputs, &["logits"])?;
+        if let Some(v) = &vision {
+            require_io(v.as_ref(), &["pixel_values", "pixel_position_ids"], &["image_features"])?;
+            let spec = v.inputs().iter().find(|s| s.name == "pixel_values").expect("checked above");
+            if let Some(Dim::Fixed(n)) = spec.shape.get(1) {
+                if *n != images.config.max_patches() {
+                    return Err(contract(
+                        v.as_ref(),
+                        format!("takes {n} patches per image but the processor config pads to {}", images.config.max_patches()),
+                    ));
+                }
+            }
+        }
+        let cache = cache_layers(decoder.as_ref())?;
+        if cache.is_empty() {
+            return Err(contract(decoder.as_ref(), "has no past_key_values.{i}.key inputs".into()));
+        }
+        let eos = config.eos_ids(&generation_config);
+        let info = loader.info();
+        Ok(Gemma4 {
+            dir: dir.to_path_buf(),
+            config,
+            generation_config,
+            tokenizer,
+            images,
+            chat,
+            embed,
+            vision,
+            decoder,
+            cache,
+            eos,
+            info,
+            prefill_chunk: options.prefill_chunk.max(1),
+        })
+    }
+
+    pub fn backend_info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// Renders the chat template; images appear as the template's image token.
+    pub fn render_prompt(&self, system: Option<&str>, prompt: &str, num_images: usize) -> Result<String> {
+        let mut messages = Vec::new();
+        if let Some(s) = system {
+            messages.push(Message::system(s));
+        }
+        messages.push(Message::user(prompt, num_images));
+        self.chat.render(&messages, true)
+    }
+
+    /// Renders, tokenizes and expands each image token to `boi + image * n + eoi`.
+    pub fn prepare(&self, request: &Request) -> Result<Prepared> {
+        if request.images.len() > 0 && self.vision.is_none() {
+            return Err(Error::Prompt("this model has no vision encoder, but images were given".into()));
+        }
+        let images = request
+            .images
+            .iter()
+            .map(|src| match src {
+                ImageSource::Path(p) => self.images.prepare_path(p),
+                ImageSource::Bytes { name, bytes } => self.images.prepare_bytes(bytes, name),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let text = self.render_prompt(request.system.as_deref(), &request.prompt, images.len())?;
+        let ids = self.tokenizer.encode(&text)?;
+        let special = &self.tokenizer.special;
+        let found = ids.iter().filter(|&&t| t == special.image).count();
+        if found != images.len() {
+            return Err(Error::Prompt(format!(
+                "the rendered prompt has {found} image tokens but {} images were given \
+                 (does the prompt text contain an image token itself?)",
+                images.len()
+            )));
+        }
+        let mut input_ids = Vec::with_capacity(ids.len() + images.iter().map(|i| i.num_soft_tokens + 2).sum::<usize>());
+        let mut next = images.iter();
+        for t in ids {
+            if t == special.image {
+                let img = next.next().expect("counted above");
+                input_ids.push(special.boi);
+                input_ids.extend(std::iter::repeat_n(special.image, img.num_soft_tokens));
+                input_ids.push(special.eoi);
+            } else {
+                input_ids.push(t);
+            }
+        }
+        Ok(Prepared { input_ids, images })
+    }
+
+    /// Embeds a left-padded batch and merges image features at image-token positions.
+    /// Returns (inputs_embeds, per_layer_inputs) as flat row-major buffers.
+    fn embed_batch(&mut self, ids: &[i64], batch: usize, len: usize, images: &[&PreparedImage]) -> Result<(Vec<f32>, Option<Tensor>)> {
+        let out = self.embed.run(vec![("input_ids".into(), Tensor::i64(vec![batch, len], ids.to_vec()))])?;
+        let mut embeds = None;
+        let mut per_layer = None;
+        for (name, t) in out {
+            match name.as_str() {
+                "inputs_embeds" => embeds = Some(t),
+                "per_layer_inputs" => per_layer = Some(t),
+                _ => {}
+            }
+        }
+        let embeds = embeds.expect("checked at load");
+        let hidden = *embeds.shape.last().unwrap_or(&0);
+        let mut embeds = embeds
+            .into_f32()
+            .ok_or_else(|| contract(self.embed.as_ref(), "inputs_embeds is not floating point".into()))?;
+        if !images.is_empty() {
+            let features = self.encode_images(images)?;
+            let image_id = self.tokenizer.special.image as i64;
+            let slots = ids.iter().filter(|&&t| t == image_id).count();
+            if features.len() != slots * hidden {
+                return Err(Error::GraphContract {
+                    graph: files::VISION_ENCODER.into(),
+                    message: format!("returned {} features of size {hidden} for {slots} image tokens", features.len() / hidden.max(1)),
+                });
+            }
+            let mut rows = features.chunks_exact(hidden);
+            for (pos, _) in ids.iter().enumerate().filter(|(_, &t)| t == image_id) {
+                embeds[pos * hidden..(pos + 1) * hidden].copy_from_slice(rows.next().expect("counted"));
+            }
+        }
+        Ok((embeds, per_layer))
+    }
+
+    /// Runs the vision encoder over images in order; returns `[soft tokens, hidden]` flat.
+    fn encode_images(&mut self, images: &[&PreparedImage]) -> Result<Vec<f32>> {
+        let vision = self.vision.as_mut().ok_or_else(|| Error::Prompt("this model has no vision encoder".into()))?;
+        let patches = self.images.config.max_patches();
+        let dim = self.images.patch_dim();
+        let mut pixels = Vec::with_capacity(images.len() * patches * dim);
+        let mut positions = Vec::with_capacity(images.len() * patches * 2);
+        for img in images {
+            pixels.extend_from_slice(&img.pixel_values);
+            positions.extend_from_slice(&img.position_ids);
+        }
+        let out = vision.run(vec![
+            ("pixel_values".into(), Tensor::f32(vec![images.len(), patches, dim], pixels)),
+            ("pixel_position_ids".into(), Tensor::i64(vec![images.len(), patches, 2], positions)),
+        ])?;
+        let (_, features) = out.into_iter().find(|(n, _)| n == "image_features").expect("checked at load");
+        let expected: usize = images.iter().map(|i| i.num_soft_tokens).sum();
+        if features.shape.first() != Some(&expected) {
+            return Err(contract(
+                vision.as_ref(),
+                format!("returned image_features of shape {:?}, expected {expected} rows", features.shape),
+            ));
+        }
+        features.into_f32().ok_or_else(|| contract(vision.as_ref(), "image_features is not floating point".into()))
+    }
+
+    /// Left-pads a batch and computes its prompt embeddings, mask and positions.
+    fn prefill_inputs(&mut self, rows: &[&[u32]], images: &[&PreparedImage]) -> Result<Batch> {
+        let b = rows.len();
+        let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        if len == 0 {
+            return Err(Error::Prompt("empty prompt".into()));
+        }
+        let pad = self.tokenizer.special.pad as i64;
+        let mut ids = vec![pad; b * len];
+        let mut mask = vec![0i64; b * len];
+        let mut positions = vec![1i64; b * len];
+        for (r, row) in rows.iter().enumerate() {
+            let offset = len - row.len();
+            for (j, &t) in row.iter().enumerate() {
+                ids[r * len + offset + j] = t as i64;
+                mask[r * len + offset + j] = 1;
+                positions[r * len + offset + j] = j as i64;
+            }
+        }
+        let (embeds, per_layer) = self.embed_batch(&ids, b, len, images)?;
+        let max_pos = self.config.text_config.max_position_embeddings.unwrap_or(usize::MAX);
+        if len > max_pos {
+            return Err(Error::Prompt(format!("prompt of {len} tokens exceeds the model's {max_pos} positions")));
+        }
+        Ok(Batch { batch: b, len, embeds, per_layer, mask, positions })
+    }
+
+    fn empty_cache(&self, batch: usize) -> Vec<(String, Tensor)> {
+        let mut past = Vec::with_capacity(self.cache.len() * 2);
+        for l in &self.cache {
+            past.push((l.key_in.clone(), Tensor::f32(vec![batch, l.heads, 0, l.head_dim], Vec::new())));
+            past.push((l.value_in.clone(), Tensor::f32(vec![batch, l.heads, 0, l.head_dim], Vec::new())));
+        }
+        past
+    }
+
+    /// One decoder call over `seq` new positions. `mask` covers past + new positions.
+    /// Returns logits `[batch, seq, vocab]` and the next cache.
+    fn decode(
+        &mut self,
+        embeds: Vec<f32>,
+        per_layer: Option<Tensor>,
+        mask: &[i64],
+        positions: Vec<i64>,
+        batch: usize,
+        seq: usize,
+        past: Vec<(String, Tensor)>,
+    ) -> Result<(Tensor, Vec<(String, Tensor)>)> {
+        let hidden = embeds.len() / (batch * seq);
+        let total = mask.len() / batch;
+        let mut inputs = vec![
+            ("inputs_embeds".to_string(), Tensor::f32(vec![batch, seq, hidden], embeds)),
+            ("attention_mask".to_string(), Tensor::i64(vec![batch, total], mask.to_vec())),
+            ("position_ids".to_string(), Tensor::i64(vec![batch, seq], positions)),
+        ];
+        if let Some(p) = per_layer {
+            inputs.push(("per_layer_inputs".to_string(), p));
+        }
+        inputs.extend(past);
+        let outputs = self.decoder.run(inputs)?;
+        let mut logits = None;
+        let mut present = std::collections::HashMap::new();
+        for (name, t) in outputs {
+            if name == "logits" {
+                logits = Some(t);
+            } else {
+                present.insert(name, t);
+            }
+        }
+        let mut next = Vec::with_capacity(self.cache.len() * 2);
+        for l in &self.cache {
+            for (out, inp) in [(&l.key_out, &l.key_in), (&l.value_out, &l.value_in)] {
+                let t = present
+                    .remove(out)
+                    .ok_or_else(|| contract(self.decoder.as_ref(), format!("did not return {out}")))?;
+                next.push((inp.clone(), t));
+            }
+        }
+        Ok((logits.expect("checked at load"), next))
+    }
+
+    /// Runs a prompt batch through the decoder in chunks; returns the logits of each chunk's
+    /// positions as requested by `keep` and the cache after the prompt.
+    fn prefill(
+        &mut self,
+        batch: &Batch,
+        mut keep: impl FnMut(usize, &Tensor),
+    ) -> Result<Vec<(String, Tensor)>> {
+        let (b, len) = (batch.batch, batch.len);
+        let hidden = batch.embeds.len() / (b * len);
+        let mut past = self.empty_cache(b);
+        let mut start = 0;
+        while start < len {
+            let end = (start + self.prefill_chunk).min(len);
+            let seq = end - start;
+            let mut embeds = Vec::with_capacity(b * seq * hidden);
+            let mut positions = Vec::with_capacity(b * seq);
+            let mut mask = Vec::with_capacity(b * end);
+            for r in 0..b {
+                embeds.extend_from_slice(&batch.embeds[(r * len + start) * hidden..(r * len + end) * hidden]);
+                positions.extend_from_slice(&batch.positions[r * len + start..r * len + end]);
+                mask.extend_from_slice(&batch.mask[r * len..r * len + end]);
+            }
+            let per_layer = batch.per_layer.as_ref().map(|p| slice_seq(p, start, end));
+            let (logits, next) = self.decode(embeds, per_layer, &mask, positions, b, seq, past)?;
+            keep(start, &logits);
+            past = next;
+            start = end;
+        }
+        Ok(past)
+    }
+
+    /// Generates for a batch of prepared prompts; each row stops on its own.
+    pub fn generate(&mut self, prompts: &[Prepared], options: &GenerationOptions) -> Result<Vec<Generation>> {
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<&[u32]> = prompts.iter().map(|p| p.input_ids.as_slice()).collect();
+        let images: Vec<&PreparedImage> = prompts.iter().flat_map(|p| p.images.iter()).collect();
+        let batch = self.prefill_inputs(&rows, &images)?;
+        let (b, len) = (batch.batch, batch.len);
+        let vocab = self.config.text_config.vocab_size;
+        let mut last_logits = vec![0f32; b * vocab];
+        let mut past = self.prefill(&batch, |start, logits| {
+            let seq = logits.shape[1];
+            let v = logits.shape[2];
+            if start + seq == len {
+                let data = logits.as_f32().expect("logits are float");
+                for r in 0..b {
+                    let row = &data[(r * seq + seq - 1) * v..(r * seq + seq) * v];
+                    last_logits[r * vocab..r * vocab + v.min(vocab)].copy_from_slice(&row[..v.min(vocab)]);
+                }
+            }
+        })?;
+
+        let mut rngs: Vec<Option<ChaCha8Rng>> =
+            (0..b).map(|_| options.sampling.map(|s| ChaCha8Rng::seed_from_u64(s.seed))).collect();
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+        let mut finished: Vec<Option<FinishReason>> = vec![None; b];
+        let mut mask = batch.mask.clone();
+        let mut total = len;
+        let mut next_pos: Vec<i64> = rows.iter().map(|r| r.len() as i64).collect();
+        let max_pos = self.config.text_config.max_position_embeddings.unwrap_or(usize::MAX);
+        let pad = self.tokenizer.special.pad;
+        for step in 0..options.max_new_tokens {
+            let mut next_ids = Vec::with_capacity(b);
+            for r in 0..b {
+                if finished[r].is_some() {
+                    next_ids.push(pad as i64);
+                    continue;
+                }
+                let logits = &last_logits[r * vocab..(r + 1) * vocab];
+                let token = match (&options.sampling, rngs[r].as_mut()) {
+                    (Some(s), Some(rng)) => sampling::sample(logits, s, rng),
+                    _ => sampling::argmax(logits),
+                };
+                out[r].push(token);
+                if self.eos.contains(&token) {
+                    finished[r] = Some(FinishReason::Stop);
+                } else if out[r].len() >= options.max_new_tokens || next_pos[r] as usize + 1 >= max_pos {
+                    finished[r] = Some(FinishReason::Length);
+                }
+                next_ids.push(token as i64);
+            }
+            if finished.iter().all(Option::is_some) || step + 1 == options.max_new_tokens {
+                break;
+            }
+            let (embeds, per_layer) = self.embed_batch(&next_ids, b, 1, &[])?;
+            let mut new_mask = Vec::with_capacity(b * (total + 1));
+            for r in 0..b {
+                new_mask.extend_from_slice(&mask[r * total..(r + 1) * total]);
+                new_mask.push(1);
+            }
+            mask = new_mask;
+            total += 1;
+            let positions = next_pos.clone();
+            next_pos.iter_mut().for_each(|p| *p += 1);
+            let (logits, next) = self.decode(embeds, per_layer, &mask, positions, b, 1, past)?;
+            past = next;
+            let data = logits.as_f32().expect("logits are float");
+            let v = logits.shape[2];
+            for r in 0..b {
+                last_logits[r * vocab..r * vocab + v.min(vocab)].copy_from_slice(&data[r * v..r * v + v.min(vocab)]);
+            }
+        }
+        prompts
+            .iter()
+            .zip(out)
+            .zip(finished)
+            .map(|((p, ids), reason)| {
+                let text_ids: Vec<u32> = ids.iter().copied().filter(|t| !self.eos.contains(t)).collect();
+                Ok(Generation {
+                    text: self.tokenizer.decode(&text_ids, true)?,
+                    token_ids: ids,
+                    finish_reason: reason.unwrap_or(FinishReason::Length),
+                    prompt_tokens: p.input_ids.len(),
+                })
+            })
+            .collect()
+    }
+
+    /// Log-probability of each candidate continuation after the prompt (no generation).
+    /// All candidates run as one batch that shares the prompt.
+    pub fn score(&mut self, prompt: &Prepared, candidates: &[String]) -> Result<Vec<CandidateScore>> {
+        let cand_ids = candidates
+            .iter()
+            .map(|c| {
+                let ids = self.tokenizer.encode(c)?;
+                if ids.is_empty() {
+                    return Err(Error::Prompt(format!("candidate {c:?} encodes to no tokens")));
+                }
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if cand_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Single-token candidates need only the prompt's last logits: one row.
+        let single = cand_ids.iter().all(|c| c.len() == 1);
+        let rows: Vec<Vec<u32>> = if single {
+            vec![prompt.input_ids.clone()]
+        } else {
+            cand_ids.iter().map(|c| [prompt.input_ids.as_slice(), &c[..c.len() - 1]].concat()).collect()
+        };
+        let row_refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
+        let images: Vec<&PreparedImage> = (0..rows.len()).flat_map(|_| prompt.images.iter()).collect();
+        let batch = self.prefill_inputs(&row_refs, &images)?;
+        let (b, len) = (batch.batch, batch.len);
+        let plen = prompt.input_ids.len();
+        let mut scores = vec![0f64; cand_ids.len()];
+        self.prefill(&batch, |start, logits| {
+            let seq = logits.shape[1];
+            let v = logits.shape[2];
+            let data = logits.as_f32().expect("logits are float");
+            for (ci, cand) in cand_ids.iter().enumerate() {
+                let r = if single { 0 } else { ci };
+                let offset = len - rows[r].len();
+                for (j, &tok) in cand.iter().enumerate() {
+                    if single && j > 0 {
+                        break;
+                    }
+                    // Position predicting cand[j]: the last prompt token, then each candidate token.
+                    let pos = offset + plen - 1 + j;
+                    if pos >= start && pos < start + seq {
+                        let row = &data[(r * seq + pos - start) * v..(r * seq + pos - start + 1) * v];
+                        scores[ci] += sampling::log_prob(row, tok as usize);
+                    }
+                }
+            }
+        })?;
+        debug_assert!(b >= 1);
+        Ok(candidates
+            .iter()
+            .zip(cand_ids)
+            .zip(scores)
+            .map(|((c, ids), lp)| CandidateScore { candidate: c.clone(), token_ids: ids, logprob: lp })
+            .collect())
+    }
+
+    /// First-step logits for one prompt (the last prompt position).
+    pub fn first_step_logits(&mut self, prompt: &Prepared) -> Result<Vec<f32>> {
+        let batch = self.prefill_inputs(&[prompt.input_ids.as_slice()], &prompt.images.iter().collect::<Vec<_>>())?;
+        let len = batch.len;
+        let mut last = Vec::new();
+        self.prefill(&batch, |start, logits| {
+            let seq = logits.shape[1];
+            let v = logits.shape[2];
+            if start + seq == len {
+                last = logits.as_f32().expect("logits are float")[(seq - 1) * v..seq * v].to_vec();
+            }
+        })?;
+        Ok(last)
+    }
+}
+
+/// A left-padded prompt batch ready for the decoder.
+struct Batch {
+    batch: usize,
+    len: usize,
+    embeds: Vec<f32>,
+    per_layer: Option<Tensor>,
+    mask: Vec<i64>,
+    positions: Vec<i64>,
+}
+
+/// Positions `start..end` of axis 1 of a `[batch, seq, ...]` tensor.
+fn slice_seq(t: &Tensor, start: usize, end: usize) -> Tensor {
+    let (b, seq) = (t.shape[0], t.shape[1]);
+    if start == 0 && end == seq {
+        return t.clone();
+    }
+    let inner: usize = t.shape[2..].iter().product();
+    let data = t.as_f32().expect("per_layer_inputs is float");
+    let mut out = Vec::with_capacity(b * (end - start) * inner);
+    for r in 0..b {
+        out.extend_from_slice(&data[(r * seq + start) * inner..(r * seq + end) * inner]);
+    }
+    let mut shape = t.shape.clone();
+    shape[1] = end - start;
+    Tensor::f32(shape, out)
+}
