@@ -119,9 +119,9 @@ pub fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<DynamicImage>
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(e.to_string()))?;
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         return Err(err("unrecognised image format".into()));
-    }
+    };
     let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
     let (w, h) = decoder.dimensions();
     let pixels = w as u64 * h as u64;
@@ -134,7 +134,27 @@ pub fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<DynamicImage>
         return Err(err(format!("{w}x{h} image has no pixels")));
     }
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| err(e.to_string()))?;
+    let mut libjpeg_error = None;
+    let decoded_jpeg = if format == image::ImageFormat::Jpeg {
+        match super::jpeg::decode_rgb(bytes) {
+            Ok((jw, jh, px)) => image::RgbImage::from_raw(jw as u32, jh as u32, px).map(DynamicImage::ImageRgb8),
+            Err(super::jpeg::JpegError::Truncated(m)) => return Err(err(format!("truncated JPEG: {m}"))),
+            // Colour spaces libjpeg cannot turn into RGB (CMYK): the pure-Rust decoder does.
+            Err(super::jpeg::JpegError::Failed(m)) => {
+                libjpeg_error = Some(m);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut image = match decoded_jpeg {
+        Some(image) => image,
+        None => DynamicImage::from_decoder(decoder).map_err(|e| match &libjpeg_error {
+            Some(m) => err(format!("{e} (libjpeg: {m})")),
+            None => err(e.to_string()),
+        })?,
+    };
     image.apply_orientation(orientation);
     Ok(image)
 }
