@@ -263,11 +263,26 @@ def quantize(onnx_dir: Path, kind: str) -> None:
             q.model.save_model_to_file(str(path.with_name(path.stem + "_q4.onnx")), use_external_data_format=False)
 
 
+def to_fp16(onnx_dir: Path) -> None:
+    """Write `_fp16` variants: float16 weights and float16 float inputs/outputs."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    for path in sorted(onnx_dir.glob("*.onnx")):
+        if path.stem.endswith(("_quantized", "_q4", "_fp16", "_q4f16")):
+            continue
+        model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=False,
+                                         op_block_list=["CumSum", "Softmax", "Pow", "ReduceMean"])
+        onnx.save_model(model, str(path.with_name(path.stem + "_fp16.onnx")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, type=Path, help="Hugging Face Gemma 4 checkpoint directory")
     parser.add_argument("--out", required=True, type=Path, help="model directory to write")
-    parser.add_argument("--quantize", choices=["int8", "q4"], help="also write _quantized (int8) or _q4 graphs")
+    parser.add_argument("--quantize", choices=["int8", "q4"], action="append", default=[],
+                        help="also write _quantized (int8) or _q4 graphs (repeatable)")
+    parser.add_argument("--fp16", action="store_true", help="also write _fp16 graphs")
     parser.add_argument("--opset", type=int, default=17)
     args = parser.parse_args()
 
@@ -283,8 +298,10 @@ def main() -> None:
     with torch.no_grad():
         export(model, args.out, args.opset)
     externalize_large(args.out / "onnx")
-    if args.quantize:
-        quantize(args.out / "onnx", args.quantize)
+    for kind in args.quantize:
+        quantize(args.out / "onnx", kind)
+    if args.fp16:
+        to_fp16(args.out / "onnx")
     print(f"exported {args.checkpoint} -> {args.out}")
 
 

@@ -40,20 +40,18 @@ impl GemmaTokenizer {
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = if cfg_path.exists() { read_json(&cfg_path)? } else { serde_json::Value::Null };
         let err = |message: String| Error::Tokenizer { path: path.clone(), message };
+        // The tokenizer must carry the token itself (the chat template writes it as text);
+        // config.json, where it names an id, must agree.
         let lookup = |key: &str, default: &str, config_id: Option<u32>| -> Result<u32> {
             let text = token_field(&cfg, key).unwrap_or_else(|| default.to_string());
-            match inner.token_to_id(&text) {
-                Some(id) => {
-                    if let Some(cid) = config_id.filter(|cid| *cid != id) {
-                        return Err(err(format!("{key} {text:?} has id {id}, but config.json says {cid}")));
-                    }
-                    Ok(id)
-                }
-                None => config_id.ok_or_else(|| {
-                    err(format!(
-                        "has no {key} {text:?}; a Gemma 4 tokenizer must carry its image tokens (see tokenizer_config.json)"
-                    ))
-                }),
+            let id = inner.token_to_id(&text).ok_or_else(|| {
+                err(format!(
+                    "has no {key} {text:?}; a Gemma 4 tokenizer must carry its image tokens (see tokenizer_config.json)"
+                ))
+            })?;
+            match config_id {
+                Some(cid) if cid != id => Err(err(format!("{key} {text:?} has id {id}, but config.json says {cid}"))),
+                _ => Ok(id),
             }
         };
         let image = lookup("image_token", "<|image|>", image_id)?;

@@ -22,7 +22,13 @@ impl TractLoader {
     pub fn open(&mut self, path: &Path) -> Result<Box<dyn Graph>> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let err = |stage: &str, e: TractError| Error::Tract(format!("{name}: {stage}: {e:#}"));
-        let proto = files::read_onnx_proto(path)?;
+        let mut proto = files::read_onnx_proto(path)?;
+        // Intermediate shape annotations written by other tools (quantizers, float16
+        // converters) name symbols tract cannot unify with its own inference; it infers
+        // every intermediate shape itself.
+        if let Some(graph) = proto.graph.as_mut() {
+            graph.value_info.clear();
+        }
         let (inputs, outputs) = files::io_specs(&proto);
         let dir = path.parent().and_then(|p| p.to_str()).map(str::to_owned);
         let parsed = tract_onnx::onnx().parse(&proto, dir.as_deref()).map_err(|e| err("parsing", e))?;
