@@ -71,9 +71,9 @@ fn errors_name_the_problem_and_the_fix() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("/no/such.png"), "{err}");
 
-    let out = gemma_batch(&["generate", "--model", m, "--dtype", "q4", "--prompt", "x"]);
+    let out = gemma_batch(&["generate", "--model", m, "--dtype", "q4f16", "--prompt", "x"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("available: fp32, quantized"), "{err}");
+    assert!(!out.status.success() && err.contains("available: fp32, fp16, q4, quantized"), "{err}");
 
     let out = gemma_batch(&["generate", "--model", m, "--backend", "tract", "--device", "cuda", "--prompt", "x"]);
     let err = String::from_utf8_lossy(&out.stderr);

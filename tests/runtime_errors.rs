@@ -62,9 +62,9 @@ fn missing_model_directory_and_files_are_named() {
 #[test]
 fn missing_variant_lists_the_exported_ones() {
     let mut o = options(BackendKind::Tract);
-    o.variant = gemma_batch::model::Variant::Q4;
+    o.variant = gemma_batch::model::Variant::Q4f16;
     let msg = err_text(Gemma4::load(&model_dir(), &o));
-    assert!(msg.contains("_q4") && msg.contains("available: fp32, quantized"), "{msg}");
+    assert!(msg.contains("_q4f16") && msg.contains("available: fp32, fp16, q4, quantized"), "{msg}");
 }
 
 #[test]
