@@ -175,3 +175,46 @@ fn image_tokens_in_the_prompt_text_must_match_the_images() {
     let msg = err_text(model.prepare(&req));
     assert!(msg.contains("1 image tokens but 0 images"), "{msg}");
 }
+
+/// Graphs whose weights live in `NAME.onnx_data` (as large exports store them) load and give
+/// the same tokens on both backends.
+#[test]
+fn external_data_inside_the_model_directory_loads() {
+    use std::io::Write;
+    let tmp = model_copy();
+    for graph in ["embed_tokens", "decoder_model_merged"] {
+        let path = tmp.path().join(format!("onnx/{graph}.onnx"));
+        let mut proto = tract_onnx::pb::ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+        let data_name = format!("{graph}.onnx_data");
+        let mut data = std::fs::File::create(tmp.path().join("onnx").join(&data_name)).unwrap();
+        let mut offset = 0usize;
+        for init in &mut proto.graph.as_mut().unwrap().initializer {
+            if init.raw_data.len() < 1024 {
+                continue;
+            }
+            data.write_all(&init.raw_data).unwrap();
+            let entry = |k: &str, v: String| tract_onnx::pb::StringStringEntryProto { key: k.into(), value: v };
+            init.external_data = vec![
+                entry("location", data_name.clone()),
+                entry("offset", offset.to_string()),
+                entry("length", init.raw_data.len().to_string()),
+            ];
+            offset += init.raw_data.len();
+            init.raw_data.clear();
+            init.data_location = Some(tract_onnx::pb::tensor_proto::DataLocation::External as i32);
+        }
+        assert!(offset > 0);
+        std::fs::write(&path, proto.encode_to_vec()).unwrap();
+    }
+    let reference = {
+        let mut m = Gemma4::load(&model_dir(), &options(BackendKind::Ort)).unwrap();
+        let p = m.prepare(&Request { prompt: "Describe the weather today.".into(), ..Default::default() }).unwrap();
+        m.generate(&[p], &gemma_batch::model::GenerationOptions { max_new_tokens: 8, sampling: None }).unwrap().remove(0)
+    };
+    for kind in [BackendKind::Ort, BackendKind::Tract] {
+        let mut m = Gemma4::load(tmp.path(), &options(kind)).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        let p = m.prepare(&Request { prompt: "Describe the weather today.".into(), ..Default::default() }).unwrap();
+        let out = m.generate(&[p], &gemma_batch::model::GenerationOptions { max_new_tokens: 8, sampling: None }).unwrap().remove(0);
+        assert_eq!(out.token_ids, reference.token_ids, "{kind:?}");
+    }
+}
