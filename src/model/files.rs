@@ -82,13 +82,47 @@ pub fn read_onnx_proto(path: &Path) -> Result<pb::ModelProto> {
         .map_err(|e| Error::InvalidModel { path: path.to_path_buf(), message: format!("not a valid ONNX file: {e}") })
 }
 
+/// Just the parts of an ONNX file that say where initializers keep their data. Decoding
+/// only these fields skips the weights, so the check costs little even on large graphs.
+mod header {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Model {
+        #[prost(message, optional, tag = "7")]
+        pub graph: Option<Graph>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Graph {
+        #[prost(message, repeated, tag = "5")]
+        pub initializer: Vec<Tensor>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Tensor {
+        #[prost(string, tag = "8")]
+        pub name: String,
+        #[prost(message, repeated, tag = "13")]
+        pub external_data: Vec<Entry>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Entry {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+}
+
 /// Refuses ONNX files whose external data points outside the model directory (absolute
 /// paths, `..`, or symlinks that escape), before any runtime opens them.
 pub fn check_external_data(path: &Path) -> Result<()> {
-    let proto = read_onnx_proto(path)?;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only and dropped before returning; a concurrent writer could
+    // only make the decode fail.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let model = <header::Model as prost::Message>::decode(&map[..])
+        .map_err(|e| Error::InvalidModel { path: path.to_path_buf(), message: format!("not a valid ONNX file: {e}") })?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let root = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
-    let Some(graph) = proto.graph.as_ref() else {
+    let Some(graph) = model.graph else {
         return Err(Error::InvalidModel { path: path.to_path_buf(), message: "has no graph".into() });
     };
     for t in &graph.initializer {
@@ -101,8 +135,7 @@ pub fn check_external_data(path: &Path) -> Result<()> {
         if loc.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
             return Err(bad("must be a relative path inside the model directory"));
         }
-        let target = dir.join(loc);
-        let resolved = target.canonicalize().map_err(|_| bad("does not exist"))?;
+        let resolved = dir.join(loc).canonicalize().map_err(|_| bad("does not exist"))?;
         if !resolved.starts_with(&root) {
             return Err(bad("resolves outside the model directory"));
         }
