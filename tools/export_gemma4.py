@@ -12,6 +12,7 @@ transformers.js) run:
 Usage:
     python tools/export_gemma4.py --checkpoint path/to/gemma-4-E2B-it --out models/gemma-4-e2b-onnx
     python tools/export_gemma4.py --checkpoint models/tiny-gemma4/hf --out models/tiny-gemma4 --quantize int8
+    python tools/export_gemma4.py --tiny --out models/tiny-gemma4   # make the tiny checkpoint in OUT/hf, then export
 
 The decoder keeps the full history in every cache layer (sliding-window layers included) and
 applies the window in its attention mask, so all cache inputs share one past length. Masks are
@@ -278,7 +279,10 @@ def to_fp16(onnx_dir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, type=Path, help="Hugging Face Gemma 4 checkpoint directory")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="Hugging Face Gemma 4 checkpoint directory")
+    source.add_argument("--tiny", action="store_true",
+                        help="build the tiny random-weight test checkpoint in OUT/hf (tools/make_tiny_gemma4.py) and export it")
     parser.add_argument("--out", required=True, type=Path, help="model directory to write")
     parser.add_argument("--quantize", choices=["int8", "q4"], action="append", default=[],
                         help="also write _quantized (int8) or _q4 graphs (repeatable)")
@@ -288,6 +292,13 @@ def main() -> None:
 
     from transformers import Gemma4ForConditionalGeneration
 
+    if args.tiny:
+        import sys
+        sys.path.insert(0, str(Path(__file__).parent))
+        from make_tiny_gemma4 import build_checkpoint
+
+        args.checkpoint = args.out / "hf"
+        build_checkpoint(args.checkpoint)
     model = Gemma4ForConditionalGeneration.from_pretrained(
         args.checkpoint, dtype=torch.float32, attn_implementation="eager").eval()
     args.out.mkdir(parents=True, exist_ok=True)

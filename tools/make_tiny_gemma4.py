@@ -107,11 +107,7 @@ def build_tokenizer(vocab_size: int) -> Tokenizer:
     return tok
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    args = parser.parse_args()
-
+def build_checkpoint(out: Path) -> None:
     from transformers import (
         Gemma4Config,
         Gemma4ForConditionalGeneration,
@@ -119,7 +115,6 @@ def main() -> None:
     )
     from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
 
-    out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
     tok = build_tokenizer(vocab_size=640)
@@ -230,6 +225,12 @@ def main() -> None:
     from gemma4_processor import load_processor
     load_processor(out)
     print(f"wrote {out} (vocab {vocab_size}, {sum(p.numel() for p in model.parameters())} parameters)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    build_checkpoint(parser.parse_args().out)
 
 
 if __name__ == "__main__":

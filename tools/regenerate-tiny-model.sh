@@ -12,7 +12,6 @@ fi
 py="$venv/bin/python"
 out=models/tiny-gemma4
 rm -rf "$out"
-"$py" tools/make_tiny_gemma4.py --out "$out/hf"
-"$py" tools/export_gemma4.py --checkpoint "$out/hf" --out "$out" --quantize int8 --quantize q4 --fp16
+"$py" tools/export_gemma4.py --tiny --out "$out" --quantize int8 --quantize q4 --fp16
 "$py" tools/reference.py --checkpoint "$out/hf" --onnx "$out" --out "$out/goldens"
 du -sh "$out"
