@@ -17,6 +17,8 @@ use crate::model::{
     version,
     about = "Run Gemma 4 (ONNX) over documents and images as batch jobs",
     after_help = "Examples:\n  \
+        gemma-batch run pipelines/demo.toml\n  \
+        gemma-batch run pipelines/demo.toml --shard 0/4 && gemma-batch commit pipelines/demo.toml\n  \
         gemma-batch generate --model models/tiny-gemma4 --prompt \"Describe this image.\" --image photo.png\n  \
         gemma-batch generate --model models/tiny-gemma4 --backend tract --prompt \"Hello\" --json"
 )]
@@ -27,6 +29,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a pipeline spec: read rows, ask the model, store results (resumable).
+    #[cfg(feature = "pipeline")]
+    #[command(after_help = "Examples:\n  \
+        gemma-batch run pipelines/demo.toml\n  \
+        gemma-batch run pipelines/demo.toml --limit 10            # try a spec on a few rows\n  \
+        gemma-batch run pipelines/demo.toml --shard 2/8           # one of 8 shard processes\n  \
+        gemma-batch run pipelines/demo.toml --shards 8            # index from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID\n\n\
+        Exit status: 0 all rows done, 3 some rows failed (see their error column), 130 interrupted (rerun to resume), 2 error.")]
+    Run(RunArgs),
+    /// Commit the results that shard processes wrote, as one new version.
+    #[cfg(feature = "pipeline")]
+    #[command(after_help = "Examples:\n  gemma-batch commit pipelines/demo.toml")]
+    Commit(CommitArgs),
     /// Generate a reply to one prompt (with optional images).
     #[command(after_help = "Examples:\n  \
         gemma-batch generate --model models/tiny-gemma4 --prompt \"What is on this page?\" --image page.png\n  \
@@ -107,10 +122,44 @@ struct GenerateArgs {
     json: bool,
 }
 
+#[cfg(feature = "pipeline")]
+#[derive(Args)]
+struct RunArgs {
+    /// Pipeline spec (TOML); relative paths in it are relative to its directory.
+    spec: PathBuf,
+    /// Handle shard I of N (0-based): `--shard 0/4`.
+    #[arg(long, value_name = "I/N", conflicts_with = "shards")]
+    shard: Option<String>,
+    /// Shard count, with the index taken from JOB_COMPLETION_INDEX (Kubernetes Indexed Job)
+    /// or SLURM_ARRAY_TASK_ID (Slurm array; SLURM_ARRAY_TASK_COUNT gives the count if omitted).
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Read at most N input rows.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// No progress output.
+    #[arg(long)]
+    quiet: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[cfg(feature = "pipeline")]
+#[derive(Args)]
+struct CommitArgs {
+    /// Pipeline spec whose shard results to commit.
+    spec: PathBuf,
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate(args),
+        #[cfg(feature = "pipeline")]
+        Command::Run(args) => run(args),
+        #[cfg(feature = "pipeline")]
+        Command::Commit(args) => commit(args),
     };
     match result {
         Ok(code) => code,
@@ -158,6 +207,61 @@ fn generate(args: GenerateArgs) -> Result<ExitCode> {
         println!("{value}");
     } else {
         println!("{}", out.text);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "pipeline")]
+fn run(args: RunArgs) -> Result<ExitCode> {
+    use crate::pipeline::{RunOptions, Shard};
+    let spec = crate::spec::PipelineSpec::load(&args.spec)?;
+    let shard = match (&args.shard, args.shards) {
+        (Some(s), _) => Some(Shard::parse(s).map_err(anyhow::Error::msg)?),
+        (None, count) => Shard::from_env(count).map_err(anyhow::Error::msg)?,
+    };
+    let options = RunOptions { shard, limit: args.limit, quiet: args.quiet };
+    let summary = crate::pipeline::run(&spec, &options).with_context(|| format!("running {}", args.spec.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!("{}: {} rows read, {} done, {} failed, {} skipped as already done ({:.1}s)",
+            spec.name, summary.rows_read, summary.done, summary.failed, summary.skipped, summary.elapsed_s);
+        match (summary.version, shard) {
+            (Some(v), _) => println!("results: {} (version {v})", summary.results),
+            (None, Some(s)) => println!("results: written for shard {}/{}; commit them with `gemma-batch commit {}`",
+                s.index, s.count, args.spec.display()),
+            (None, None) => println!("results: {} (nothing new to commit)", summary.results),
+        }
+        if !summary.by_task.is_empty() {
+            println!("{:<24} {:>8} {:>8} {:>14} {:>14}", "task", "rows", "failed", "mean ms/batch", "output tokens");
+            for t in &summary.by_task {
+                println!("{:<24} {:>8} {:>8} {:>14} {:>14}", t.task, t.rows, t.failed,
+                    t.mean_latency_ms.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()), t.output_tokens);
+            }
+        }
+        if let Some(p) = &spec.sink.parquet {
+            println!("export: {}", spec.resolve(p).display());
+        }
+        if let Some(p) = &spec.sink.jsonl {
+            println!("export: {}", spec.resolve(p).display());
+        }
+    }
+    Ok(if summary.interrupted {
+        eprintln!("gemma-batch: interrupted; rerun the same command to resume");
+        ExitCode::from(130)
+    } else if summary.failed > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(feature = "pipeline")]
+fn commit(args: CommitArgs) -> Result<ExitCode> {
+    let spec = crate::spec::PipelineSpec::load(&args.spec)?;
+    match crate::pipeline::commit(&spec)? {
+        (Some(v), n) => println!("committed {n} shard result files as version {v}"),
+        (None, _) => println!("nothing to commit"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -47,6 +47,15 @@ pub enum Error {
 
     #[error("{0}")]
     Unsupported(String),
+
+    #[error("pipeline spec {path}: {message}")]
+    Spec { path: PathBuf, message: String },
+
+    #[error("source {source_name}: {message}")]
+    Source { source_name: String, message: String },
+
+    #[error("result store: {0}")]
+    Sink(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

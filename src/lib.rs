@@ -1,11 +1,20 @@
 //! gemma-batch: run Gemma 4 (ONNX) over documents and images as batch jobs.
 //!
-//! Modules follow the data flow: `prepare` turns prompts and images into model inputs,
-//! `model` loads a Gemma 4 ONNX export and generates or scores, `cli` is the thin binary.
+//! Modules follow the data flow: `spec` describes a job, `source` reads rows, `prepare`
+//! turns prompts and images into model inputs, `model` runs Gemma 4 (ONNX), `sink` stores
+//! results in Lance, `pipeline` joins the stages, `cli` is the thin binary.
 
 pub mod cli;
 pub mod error;
 pub mod model;
+#[cfg(feature = "pipeline")]
+pub mod pipeline;
 pub mod prepare;
+#[cfg(feature = "pipeline")]
+pub mod sink;
+#[cfg(feature = "pipeline")]
+pub mod source;
+#[cfg(feature = "pipeline")]
+pub mod spec;
 
 pub use error::{Error, Result};

@@ -143,7 +143,7 @@ fn png_bomb(width: u32, height: u32) -> Vec<u8> {
 
 #[test]
 fn bad_images_are_errors_that_name_the_image() {
-    let mut model = load(&model_dir()).unwrap();
+    let model = load(&model_dir()).unwrap();
     let photo = std::fs::read(model_dir().join("goldens/images/photo.png")).unwrap();
     let jpeg = std::fs::read(model_dir().join("goldens/images/large.jpg")).unwrap();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -162,7 +162,9 @@ fn bad_images_are_errors_that_name_the_image() {
     assert!(err_text(model.prepare(&missing)).contains("/no/such/image.png"));
 
     // The pixel limit is configurable.
-    model.images.max_pixels = 1000;
+    let mut o = options(BackendKind::Tract);
+    o.max_image_pixels = 1000;
+    let model = Gemma4::load(&model_dir(), &o).unwrap();
     let req = Request { prompt: "x".into(), images: vec![ImageSource::Bytes { name: "photo.png".into(), bytes: photo }], ..Default::default() };
     let msg = err_text(model.prepare(&req));
     assert!(msg.contains("76800 pixels") && msg.contains("limit of 1000"), "{msg}");

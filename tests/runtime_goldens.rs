@@ -175,7 +175,7 @@ fn scoring_matches_first_step_log_probabilities() {
     let mut model = load(BackendKind::Ort);
     let case = goldens().into_iter().find(|c| c.name == "text_system").unwrap();
     let prepared = model.prepare(&request(&case)).unwrap();
-    let yes = model.tokenizer.encode("Yes").unwrap();
+    let yes = model.tokenizer().encode("Yes").unwrap();
     let scores = model.score(&prepared, &["Yes".to_string(), "No".to_string()]).unwrap();
     // Reference log-softmax of the golden first-step logits at the first token of "Yes".
     let l = &case.first_step_logits;

@@ -9,7 +9,7 @@ use super::tensor::{DType, Dim, TensorSpec};
 use crate::error::{Error, Result};
 
 /// Which ONNX variant to load; the file suffix of the community layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
     #[default]

@@ -3,6 +3,7 @@
 //! candidate scoring.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -41,6 +42,8 @@ impl Default for ModelOptions {
 pub enum ImageSource {
     Path(PathBuf),
     Bytes { name: String, bytes: Vec<u8> },
+    /// Already decoded pixels (a rendered PDF page).
+    Decoded { name: String, image: image::DynamicImage },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -100,13 +103,20 @@ struct CacheLayer {
     head_dim: usize,
 }
 
+/// Turns requests into model inputs. Shared (it is `Sync`), so preparation runs on other
+/// threads while the model generates.
+pub struct Preparer {
+    pub tokenizer: GemmaTokenizer,
+    pub images: ImageProcessor,
+    chat: ChatTemplate,
+    has_vision: bool,
+}
+
 pub struct Gemma4 {
     pub dir: PathBuf,
     pub config: Gemma4Config,
     pub generation_config: GenerationConfig,
-    pub tokenizer: GemmaTokenizer,
-    pub images: ImageProcessor,
-    chat: ChatTemplate,
+    preparer: Arc<Preparer>,
     embed: Box<dyn Graph>,
     vision: Option<Box<dyn Graph>>,
     decoder: Box<dyn Graph>,
@@ -216,13 +226,12 @@ impl Gemma4 {
         }
         let eos = config.eos_ids(&generation_config);
         let info = loader.info();
+        let preparer = Arc::new(Preparer { tokenizer, images, chat, has_vision: vision.is_some() });
         Ok(Gemma4 {
             dir: dir.to_path_buf(),
             config,
             generation_config,
-            tokenizer,
-            images,
-            chat,
+            preparer,
             embed,
             vision,
             decoder,
@@ -241,53 +250,21 @@ impl Gemma4 {
         &self.eos
     }
 
-    /// Renders the chat template; images appear as the template's image token.
-    pub fn render_prompt(&self, system: Option<&str>, prompt: &str, num_images: usize) -> Result<String> {
-        let mut messages = Vec::new();
-        if let Some(s) = system {
-            messages.push(Message::system(s));
-        }
-        messages.push(Message::user(prompt, num_images));
-        self.chat.render(&messages, true)
+    pub fn preparer(&self) -> Arc<Preparer> {
+        self.preparer.clone()
     }
 
-    /// Renders, tokenizes and expands each image token to `boi + image * n + eoi`.
+    pub fn tokenizer(&self) -> &GemmaTokenizer {
+        &self.preparer.tokenizer
+    }
+
+    pub fn image_processor(&self) -> &ImageProcessor {
+        &self.preparer.images
+    }
+
+    /// See [`Preparer::prepare`].
     pub fn prepare(&self, request: &Request) -> Result<Prepared> {
-        if request.images.len() > 0 && self.vision.is_none() {
-            return Err(Error::Prompt("this model has no vision encoder, but images were given".into()));
-        }
-        let images = request
-            .images
-            .iter()
-            .map(|src| match src {
-                ImageSource::Path(p) => self.images.prepare_path(p),
-                ImageSource::Bytes { name, bytes } => self.images.prepare_bytes(bytes, name),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let text = self.render_prompt(request.system.as_deref(), &request.prompt, images.len())?;
-        let ids = self.tokenizer.encode(&text)?;
-        let special = &self.tokenizer.special;
-        let found = ids.iter().filter(|&&t| t == special.image).count();
-        if found != images.len() {
-            return Err(Error::Prompt(format!(
-                "the rendered prompt has {found} image tokens but {} images were given \
-                 (does the prompt text contain an image token itself?)",
-                images.len()
-            )));
-        }
-        let mut input_ids = Vec::with_capacity(ids.len() + images.iter().map(|i| i.num_soft_tokens + 2).sum::<usize>());
-        let mut next = images.iter();
-        for t in ids {
-            if t == special.image {
-                let img = next.next().expect("counted above");
-                input_ids.push(special.boi);
-                input_ids.extend(std::iter::repeat_n(special.image, img.num_soft_tokens));
-                input_ids.push(special.eoi);
-            } else {
-                input_ids.push(t);
-            }
-        }
-        Ok(Prepared { input_ids, images })
+        self.preparer.prepare(request)
     }
 
     /// Embeds a left-padded batch and merges image features at image-token positions.
@@ -310,7 +287,7 @@ impl Gemma4 {
             .ok_or_else(|| contract(self.embed.as_ref(), "inputs_embeds is not floating point".into()))?;
         if !images.is_empty() {
             let features = self.encode_images(images)?;
-            let image_id = self.tokenizer.special.image as i64;
+            let image_id = self.preparer.tokenizer.special.image as i64;
             let slots = ids.iter().filter(|&&t| t == image_id).count();
             if features.len() != slots * hidden {
                 return Err(Error::GraphContract {
@@ -329,8 +306,8 @@ impl Gemma4 {
     /// Runs the vision encoder over images in order; returns `[soft tokens, hidden]` flat.
     fn encode_images(&mut self, images: &[&PreparedImage]) -> Result<Vec<f32>> {
         let vision = self.vision.as_mut().ok_or_else(|| Error::Prompt("this model has no vision encoder".into()))?;
-        let patches = self.images.config.max_patches();
-        let dim = self.images.patch_dim();
+        let patches = self.preparer.images.config.max_patches();
+        let dim = self.preparer.images.patch_dim();
         let mut pixels = Vec::with_capacity(images.len() * patches * dim);
         let mut positions = Vec::with_capacity(images.len() * patches * 2);
         for img in images {
@@ -359,7 +336,7 @@ impl Gemma4 {
         if len == 0 {
             return Err(Error::Prompt("empty prompt".into()));
         }
-        let pad = self.tokenizer.special.pad as i64;
+        let pad = self.preparer.tokenizer.special.pad as i64;
         let mut ids = vec![pad; b * len];
         let mut mask = vec![0i64; b * len];
         let mut positions = vec![1i64; b * len];
@@ -495,7 +472,7 @@ impl Gemma4 {
         let mut total = len;
         let mut next_pos: Vec<i64> = rows.iter().map(|r| r.len() as i64).collect();
         let max_pos = self.config.text_config.max_position_embeddings.unwrap_or(usize::MAX);
-        let pad = self.tokenizer.special.pad;
+        let pad = self.preparer.tokenizer.special.pad;
         for step in 0..options.max_new_tokens {
             let mut next_ids = Vec::with_capacity(b);
             for r in 0..b {
@@ -544,7 +521,7 @@ impl Gemma4 {
             .map(|((p, ids), reason)| {
                 let text_ids: Vec<u32> = ids.iter().copied().filter(|t| !self.eos.contains(t)).collect();
                 Ok(Generation {
-                    text: self.tokenizer.decode(&text_ids, true)?,
+                    text: self.preparer.tokenizer.decode(&text_ids, true)?,
                     token_ids: ids,
                     finish_reason: reason.unwrap_or(FinishReason::Length),
                     prompt_tokens: p.input_ids.len(),
@@ -559,7 +536,7 @@ impl Gemma4 {
         let cand_ids = candidates
             .iter()
             .map(|c| {
-                let ids = self.tokenizer.encode(c)?;
+                let ids = self.preparer.tokenizer.encode(c)?;
                 if ids.is_empty() {
                     return Err(Error::Prompt(format!("candidate {c:?} encodes to no tokens")));
                 }
@@ -625,6 +602,59 @@ impl Gemma4 {
         })?;
         Ok(last)
     }
+}
+
+impl Preparer {
+    /// Renders the chat template; images appear as the template's image token.
+    pub fn render_prompt(&self, system: Option<&str>, prompt: &str, num_images: usize) -> Result<String> {
+        let mut messages = Vec::new();
+        if let Some(s) = system {
+            messages.push(Message::system(s));
+        }
+        messages.push(Message::user(prompt, num_images));
+        self.chat.render(&messages, true)
+    }
+
+    /// Renders, tokenizes and expands each image token to `boi + image * n + eoi`.
+    pub fn prepare(&self, request: &Request) -> Result<Prepared> {
+        if !request.images.is_empty() && !self.has_vision {
+            return Err(Error::Prompt("this model has no vision encoder, but images were given".into()));
+        }
+        let images = request
+            .images
+            .iter()
+            .map(|src| match src {
+                ImageSource::Path(p) => self.images.prepare_path(p),
+                ImageSource::Bytes { name, bytes } => self.images.prepare_bytes(bytes, name),
+                ImageSource::Decoded { name, image } => self.images.prepare(image, name),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let text = self.render_prompt(request.system.as_deref(), &request.prompt, images.len())?;
+        let ids = self.tokenizer.encode(&text)?;
+        let special = &self.tokenizer.special;
+        let found = ids.iter().filter(|&&t| t == special.image).count();
+        if found != images.len() {
+            return Err(Error::Prompt(format!(
+                "the rendered prompt has {found} image tokens but {} images were given \
+                 (does the prompt text contain an image token itself?)",
+                images.len()
+            )));
+        }
+        let mut input_ids = Vec::with_capacity(ids.len() + images.iter().map(|i| i.num_soft_tokens + 2).sum::<usize>());
+        let mut next = images.iter();
+        for t in ids {
+            if t == special.image {
+                let img = next.next().expect("counted above");
+                input_ids.push(special.boi);
+                input_ids.extend(std::iter::repeat_n(special.image, img.num_soft_tokens));
+                input_ids.push(special.eoi);
+            } else {
+                input_ids.push(t);
+            }
+        }
+        Ok(Prepared { input_ids, images })
+    }
+
 }
 
 /// A left-padded prompt batch ready for the decoder.

@@ -12,6 +12,6 @@ pub use backend::{BackendInfo, BackendKind, BackendOptions, Device};
 pub use files::Variant;
 pub use gemma4::{
     CandidateScore, FinishReason, Gemma4, Generation, GenerationOptions, ImageSource, ModelOptions, Prepared,
-    Request,
+    Preparer, Request,
 };
 pub use sampling::Sampling;

@@ -2,4 +2,6 @@
 
 pub mod chat;
 pub mod image;
+#[cfg(feature = "pipeline")]
+pub mod pdf;
 mod jpeg;

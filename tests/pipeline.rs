@@ -1,0 +1,291 @@
+#![cfg(feature = "pipeline")]
+//! End-to-end runs of `gemma-batch run` / `commit` on the tiny model and the sample corpora.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use gemma_batch::sink::{to_polars, ResultStore};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gemma-batch"))
+}
+
+fn run(spec: &Path, extra: &[&str]) -> Output {
+    bin().arg("run").arg(spec).args(["--quiet", "--json"]).args(extra).output().expect("run gemma-batch")
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|_| panic!("no JSON summary; stderr: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A spec in `dir` over `source` (absolute paths), with the given tasks.
+fn write_spec(dir: &Path, source: &str, tasks: &str, extra_sink: &str) -> PathBuf {
+    let spec = format!(
+        r#"name = "test"
+{source}
+[model]
+dir = "{model}"
+device = "cpu"
+batch_size = 4
+{tasks}
+[sink]
+dir = "{out}"
+commit_every = 8
+{extra_sink}
+"#,
+        model = repo().join("models/tiny-gemma4").display(),
+        out = dir.join("out").display(),
+    );
+    let path = dir.join("spec.toml");
+    std::fs::write(&path, spec).unwrap();
+    path
+}
+
+/// (key -> output) of every committed row; panics on a duplicate key.
+fn committed(dir: &Path) -> HashMap<String, (Option<String>, Option<String>)> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = ResultStore::new(dir.join("out/results.lance").display().to_string());
+    let batches = rt.block_on(store.read(None, Some(&["key", "output", "error"]))).unwrap();
+    let df = to_polars(&batches).unwrap();
+    let mut rows = HashMap::new();
+    if df.height() == 0 {
+        return rows;
+    }
+    let keys = df.column("key").unwrap().str().unwrap().clone();
+    let outputs = df.column("output").unwrap().str().unwrap().clone();
+    let errors = df.column("error").unwrap().str().unwrap().clone();
+    for i in 0..df.height() {
+        let key = keys.get(i).unwrap().to_string();
+        let prev = rows.insert(key.clone(), (outputs.get(i).map(str::to_owned), errors.get(i).map(str::to_owned)));
+        assert!(prev.is_none(), "row {key} is in the dataset twice");
+    }
+    rows
+}
+
+const DOC_TASKS: &str = r#"
+[[task]]
+name = "qa"
+kind = "vqa"
+questions = ["What is the total amount?"]
+max_new_tokens = 6
+
+[[task]]
+name = "fields"
+kind = "extract"
+fields = ["total", "date"]
+max_new_tokens = 8
+"#;
+
+fn docs_source(filter: Option<&str>) -> String {
+    format!(
+        "[source]\nkind = \"jsonl\"\npath = \"{}\"\nid_column = \"id\"\nimage_column = \"image\"\n{}",
+        repo().join("datasets/docs.jsonl").display(),
+        filter.map(|f| format!("filter = \"{f}\"\n")).unwrap_or_default()
+    )
+}
+
+#[test]
+fn run_writes_every_row_with_provenance_and_reruns_skip_done_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), &docs_source(Some("kind = 'invoice'")), DOC_TASKS, "jsonl = \"out.jsonl\"");
+    let out = run(&spec, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    assert_eq!(s["rows_read"], 16);
+    assert_eq!(s["done"], 32);
+    assert_eq!(s["failed"], 0);
+    let first_version = s["version"].as_u64().unwrap();
+    let rows = committed(tmp.path());
+    assert_eq!(rows.len(), 32);
+
+    // Provenance on every row.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = ResultStore::new(tmp.path().join("out/results.lance").display().to_string());
+    let df = to_polars(&rt.block_on(store.read(None, None)).unwrap()).unwrap();
+    for c in ["input_id", "content_hash", "task", "prompt_hash", "output", "finish_reason", "backend", "device", "model_hash", "run_id"] {
+        assert_eq!(df.column(c).unwrap().null_count(), 0, "column {c} has nulls");
+    }
+    assert!(df.column("extract_valid").unwrap().null_count() == 16, "extract_valid is set for extract rows only");
+    assert!(tmp.path().join("out.jsonl").exists(), "JSON lines export");
+
+    // Rerun: nothing new, no new version.
+    let s = summary(&run(&spec, &[]));
+    assert_eq!((s["done"].as_u64(), s["skipped"].as_u64()), (Some(0), Some(32)));
+    assert_eq!(committed(tmp.path()).len(), 32);
+    assert_eq!(rt.block_on(store.version()).unwrap(), Some(first_version));
+
+    // Rows added to the source since: only they run.
+    let spec = write_spec(tmp.path(), &docs_source(Some("kind IN ('invoice', 'receipt')")), DOC_TASKS, "");
+    let s = summary(&run(&spec, &[]));
+    assert_eq!((s["done"].as_u64(), s["skipped"].as_u64()), (Some(24), Some(32)));
+    let after = committed(tmp.path());
+    assert_eq!(after.len(), 56);
+    for (k, v) in &rows {
+        assert_eq!(after.get(k), Some(v), "earlier rows are unchanged");
+    }
+}
+
+#[test]
+fn four_shards_commit_exactly_the_rows_of_a_single_run() {
+    let single = tempfile::tempdir().unwrap();
+    let spec = write_spec(single.path(), &docs_source(None), DOC_TASKS, "");
+    assert!(run(&spec, &[]).status.success());
+    let want = committed(single.path());
+    assert_eq!(want.len(), 80);
+
+    let sharded = tempfile::tempdir().unwrap();
+    let spec = write_spec(sharded.path(), &docs_source(None), DOC_TASKS, "");
+    let children: Vec<_> = (0..4)
+        .map(|i| bin().arg("run").arg(&spec).args(["--quiet", "--shard", &format!("{i}/4")]).spawn().unwrap())
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    assert!(committed(sharded.path()).is_empty(), "shards do not commit");
+    let out = bin().arg("commit").arg(&spec).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(committed(sharded.path()), want);
+    // A second commit has nothing left to add.
+    let out = bin().arg("commit").arg(&spec).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to commit"));
+    assert_eq!(committed(sharded.path()).len(), 80);
+}
+
+#[test]
+fn bad_rows_fail_with_reasons_and_the_rest_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let photo = std::fs::read(repo().join("datasets/photos/photo_000.png")).unwrap();
+    let jpeg = std::fs::read(repo().join("models/tiny-gemma4/goldens/images/large.jpg")).unwrap();
+    std::fs::write(data.join("good.png"), &photo).unwrap();
+    std::fs::write(data.join("truncated.png"), &photo[..photo.len() / 3]).unwrap();
+    std::fs::write(data.join("truncated.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
+    std::fs::write(data.join("empty.png"), b"").unwrap();
+    std::fs::write(data.join("corrupt.png"), b"\x89PNG\r\n\x1a\nthis is not a png").unwrap();
+    let rows = [
+        ("good", "good.png", "Describe it."),
+        ("truncated_png", "truncated.png", "Describe it."),
+        ("truncated_jpg", "truncated.jpg", "Describe it."),
+        ("empty", "empty.png", "Describe it."),
+        ("corrupt", "corrupt.png", "Describe it."),
+        ("missing", "no-such-file.png", "Describe it."),
+        ("large", "large.jpg", "Describe it."),
+        ("good_again", "good.png", "What colour?"),
+    ];
+    std::fs::write(data.join("large.jpg"), &jpeg).unwrap();
+    let jsonl: String = rows
+        .iter()
+        .map(|(id, img, q)| serde_json::json!({"id": id, "image": img, "question": q}).to_string() + "\n")
+        .collect();
+    std::fs::write(data.join("rows.jsonl"), jsonl).unwrap();
+    let source = format!(
+        "[source]\nkind = \"jsonl\"\npath = \"{}\"\nid_column = \"id\"\nimage_column = \"image\"\n",
+        data.join("rows.jsonl").display()
+    );
+    let tasks = "[[task]]\nname = \"qa\"\nkind = \"vqa\"\nquestion_column = \"question\"\nmax_new_tokens = 4\n";
+    let spec = write_spec(tmp.path(), &source, tasks, "");
+    // The 3000x2000 JPEG is above this limit.
+    let text = std::fs::read_to_string(&spec).unwrap().replace("batch_size = 4", "batch_size = 4\nmax_image_pixels = 1000000");
+    std::fs::write(&spec, text).unwrap();
+    let out = run(&spec, &[]);
+    assert_eq!(out.status.code(), Some(3), "some rows failed: {}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    assert_eq!((s["done"].as_u64(), s["failed"].as_u64()), (Some(2), Some(6)));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = ResultStore::new(tmp.path().join("out/results.lance").display().to_string());
+    let df = to_polars(&rt.block_on(store.read(None, Some(&["input_id", "error"]))).unwrap()).unwrap();
+    let ids = df.column("input_id").unwrap().str().unwrap().clone();
+    let errors = df.column("error").unwrap().str().unwrap().clone();
+    let by_id: HashMap<&str, Option<&str>> = (0..df.height()).map(|i| (ids.get(i).unwrap(), errors.get(i))).collect();
+    let expect = [
+        ("truncated_png", "truncated.png"),
+        ("truncated_jpg", "truncated"),
+        ("empty", "empty"),
+        ("corrupt", "corrupt.png"),
+        ("missing", "no-such-file.png"),
+        ("large", "above the limit"),
+    ];
+    for (id, reason) in expect {
+        let e = by_id[id].unwrap_or_else(|| panic!("{id} should have failed"));
+        assert!(e.contains(reason), "{id}: {e}");
+    }
+    assert!(by_id["good"].is_none() && by_id["good_again"].is_none());
+}
+
+#[test]
+fn pdf_folder_yields_one_row_per_page_and_a_broken_pdf_is_one_failed_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pdfs = tmp.path().join("pdfs");
+    std::fs::create_dir(&pdfs).unwrap();
+    for name in ["invoice_000.pdf", "receipt_001.pdf"] {
+        std::fs::copy(repo().join("datasets/docs/pdf").join(name), pdfs.join(name)).unwrap();
+    }
+    std::fs::write(pdfs.join("broken.pdf"), b"%PDF-1.4\nthis is not a pdf").unwrap();
+    let source = format!("[source]\nkind = \"pdfs\"\npath = \"{}\"\n", pdfs.display());
+    let tasks = "[[task]]\nname = \"total\"\nkind = \"vqa\"\nquestions = [\"What is the total?\"]\nmax_new_tokens = 4\n\n\
+                 [[task]]\nname = \"text_only\"\nkind = \"prompt\"\nprompt = \"Summarise: {{ text }}\"\nuse_image = false\nmax_new_tokens = 4\n";
+    let spec = write_spec(tmp.path(), &source, tasks, "jsonl = \"pages.jsonl\"");
+    let out = run(&spec, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    // 2 PDFs x 2 pages x 2 tasks done; the broken PDF is one row per task.
+    assert_eq!((s["rows_read"].as_u64(), s["done"].as_u64(), s["failed"].as_u64()), (Some(5), Some(8), Some(2)));
+    let lines = std::fs::read_to_string(tmp.path().join("pages.jsonl")).unwrap();
+    let pages: HashSet<String> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["input_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(pages.contains("invoice_000.pdf#page=2") && pages.contains("broken.pdf"), "{pages:?}");
+    // The text layer reached the prompt.
+    assert!(lines.contains("INVOICE"), "page text should be in the text_only prompts");
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    let jsonl: String = (0..240)
+        .map(|i| serde_json::json!({"id": format!("r{i:03}"), "text": format!("Row {i}: the quick brown fox.")}).to_string() + "\n")
+        .collect();
+    std::fs::write(&data, jsonl).unwrap();
+    let source = format!("[source]\nkind = \"jsonl\"\npath = \"{}\"\nid_column = \"id\"\ntext_column = \"text\"\n", data.display());
+    let tasks = "[[task]]\nname = \"echo\"\nkind = \"prompt\"\nprompt = \"Repeat: {{ text }}\"\nmax_new_tokens = 6\n";
+
+    let reference = tempfile::tempdir().unwrap();
+    let spec = write_spec(reference.path(), &source, tasks, "");
+    assert!(run(&spec, &[]).status.success());
+    let want = committed(reference.path());
+    assert_eq!(want.len(), 240);
+
+    let spec = write_spec(tmp.path(), &source, tasks, "");
+    // Deterministic "random" kill delays, spread over the run.
+    let mut seed = 0x9e37_79b9_u64;
+    let mut kills = 0;
+    for _ in 0..8 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delay = std::time::Duration::from_millis(300 + (seed >> 33) % 1500);
+        let mut child = bin().arg("run").arg(&spec).arg("--quiet").spawn().unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        let partial = committed(tmp.path()); // panics on duplicates
+        for (k, v) in &partial {
+            assert_eq!(want.get(k), Some(v), "a committed row differs from the uninterrupted run");
+        }
+    }
+    assert!(kills >= 5, "only {kills} runs were killed mid-way; the run is too fast for this test");
+    let out = run(&spec, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(committed(tmp.path()), want);
+}
