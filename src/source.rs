@@ -127,10 +127,10 @@ fn image_column(df: &DataFrame, name: &str, base: &Path) -> PolarsResult<Vec<Opt
             .map_err(|e| format!("image {}: {e}", full.display()))
     };
     Ok(match column.dtype() {
-        DataType::String => column.str()?.into_iter().map(|p| p.map(read_path)).collect(),
+        DataType::String => column.str()?.iter().map(|p| p.map(read_path)).collect(),
         DataType::Binary => column
             .binary()?
-            .into_iter()
+            .iter()
             .map(|b| b.map(|b| Ok(RowImage::Encoded { name: format!("{name} bytes"), bytes: b.to_vec() })))
             .collect(),
         DataType::Struct(_) => {
@@ -140,8 +140,8 @@ fn image_column(df: &DataFrame, name: &str, base: &Path) -> PolarsResult<Vec<Opt
             let bytes = bytes.binary()?;
             let paths = paths.str()?;
             bytes
-                .into_iter()
-                .zip(paths.into_iter())
+                .iter()
+                .zip(paths.iter())
                 .map(|(b, p)| match (b, p) {
                     (Some(b), p) => Some(Ok(RowImage::Encoded { name: p.unwrap_or("image bytes").to_string(), bytes: b.to_vec() })),
                     (None, Some(p)) => Some(read_path(p)),
