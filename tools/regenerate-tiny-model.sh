@@ -4,12 +4,7 @@
 # Makes a Python virtual environment from tools/requirements.txt (package index only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv="${GEMMA_BATCH_TOOLS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/gemma-batch/tools-venv}"
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet -r tools/requirements.txt
-fi
-py="$venv/bin/python"
+source tools/venv.sh
 out=models/tiny-gemma4
 rm -rf "$out"
 "$py" tools/export_gemma4.py --tiny --out "$out" --quantize int8 --quantize q4 --fp16
