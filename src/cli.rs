@@ -30,7 +30,6 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline spec: read rows, ask the model, store results (resumable).
-    #[cfg(feature = "pipeline")]
     #[command(after_help = "Examples:\n  \
         gemma-batch run pipelines/demo.toml\n  \
         gemma-batch run pipelines/demo.toml --limit 10            # try a spec on a few rows\n  \
@@ -39,9 +38,34 @@ enum Command {
         Exit status: 0 all rows done, 3 some rows failed (see their error column), 130 interrupted (rerun to resume), 2 error.")]
     Run(RunArgs),
     /// Commit the results that shard processes wrote, as one new version.
-    #[cfg(feature = "pipeline")]
     #[command(after_help = "Examples:\n  gemma-batch commit pipelines/demo.toml")]
     Commit(CommitArgs),
+    /// Screen text (lines of a file or stdin) and images with a filter set; print the decisions.
+    #[command(after_help = "Examples:\n  \
+        echo 'mail me at jane@example.org' | gemma-batch filter --set default\n  \
+        gemma-batch filter --set default --json notes.txt           # one JSON object per line\n  \
+        gemma-batch filter --set filters/strict.toml --no-policy < corpus.txt\n  \
+        gemma-batch filter --set default --model models/tiny-gemma4 --image photo.png\n\n\
+        A set NAME is filters/NAME.toml (or give a path). The policy filter needs a model: --model, or\n\
+        `model` in the set's [policy]; --no-policy skips it. Exit status: 0 nothing fired, 1 something\n\
+        fired, 2 error.")]
+    Filter(FilterArgs),
+    /// Run an evaluation suite: benchmarks, bias, safety; write the reports; check gates.
+    #[command(after_help = "Examples:\n  \
+        gemma-batch eval evals/demo.toml\n  \
+        gemma-batch eval evals/demo.toml --gate docs_qa.anls=min:0.3 --gate bbq.all.bias_ambiguous=max_abs:0.2\n\n\
+        Writes record.json, report.html and report.md to the suite's reports directory.\n\
+        Exit status: 0 all gates passed, 1 a gate failed (listed in the reports), 2 error.")]
+    Eval(EvalArgs),
+    /// Render an evaluation record again, or compare two runs.
+    #[command(after_help = "Examples:\n  \
+        gemma-batch report runs/eval-demo/report                 # re-render report.html / report.md\n  \
+        gemma-batch report --compare nightly-01/record.json nightly-02/record.json\n\n\
+        With --compare: exit status 1 when B regressed on a metric by more than the intervals allow.")]
+    Report(ReportArgs),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Generate a reply to one prompt (with optional images).
     #[command(after_help = "Examples:\n  \
         gemma-batch generate --model models/tiny-gemma4 --prompt \"What is on this page?\" --image page.png\n  \
@@ -122,7 +146,6 @@ struct GenerateArgs {
     json: bool,
 }
 
-#[cfg(feature = "pipeline")]
 #[derive(Args)]
 struct RunArgs {
     /// Pipeline spec (TOML); relative paths in it are relative to its directory.
@@ -145,7 +168,81 @@ struct RunArgs {
     json: bool,
 }
 
-#[cfg(feature = "pipeline")]
+#[derive(Args)]
+struct FilterArgs {
+    /// Filter set: a name (filters/NAME.toml) or a path to a TOML file.
+    #[arg(long = "set", value_name = "NAME")]
+    set: String,
+    /// Text to screen, one item per line (default: stdin).
+    file: Option<PathBuf>,
+    /// An image to screen with the policy filter (repeatable).
+    #[arg(long = "image", value_name = "PATH")]
+    images: Vec<PathBuf>,
+    /// Print one JSON object per item: text after actions, outcome, decisions.
+    #[arg(long)]
+    json: bool,
+    /// Skip the model policy filter.
+    #[arg(long)]
+    no_policy: bool,
+    /// Model for the policy filter (default: the set's [policy] model).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "ort")]
+    backend: BackendKind,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+    #[arg(long, value_enum, default_value = "fp32")]
+    dtype: Variant,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Suite spec (TOML); relative paths in it are relative to its directory.
+    suite: PathBuf,
+    /// An extra gate, NAME=min:X | max:X | max_abs:X (NAME like docs_qa.anls, bbq.all.bias_ambiguous).
+    #[arg(long = "gate", value_name = "NAME=KIND:X")]
+    gates: Vec<String>,
+    /// Write the reports here instead of the suite's reports directory.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// No progress output.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// An evaluation record (record.json) or the directory holding it.
+    #[arg(required_unless_present = "compare")]
+    record: Option<PathBuf>,
+    /// Compare two runs (records or their directories): A is the baseline.
+    #[arg(long, num_args = 2, value_names = ["RUN_A", "RUN_B"])]
+    compare: Option<Vec<PathBuf>>,
+    /// Where to write the rendered files (default: beside the record).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time a filter set's rule-based filters on single-line inputs of growing size.
+    #[command(after_help = "Examples:\n  gemma-batch bench filters --set default\n  gemma-batch bench filters --set pii-only --sizes-mb 1,10,50")]
+    Filters(BenchFiltersArgs),
+}
+
+#[derive(Args)]
+struct BenchFiltersArgs {
+    /// Filter set: a name (filters/NAME.toml) or a path.
+    #[arg(long = "set", value_name = "NAME", default_value = "default")]
+    set: String,
+    /// Input sizes in MB (one line each); ratios are against the first.
+    #[arg(long, value_delimiter = ',', default_value = "1,10")]
+    sizes_mb: Vec<f64>,
+    /// Runs per size; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+}
+
 #[derive(Args)]
 struct CommitArgs {
     /// Pipeline spec whose shard results to commit.
@@ -156,10 +253,12 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate(args),
-        #[cfg(feature = "pipeline")]
         Command::Run(args) => run(args),
-        #[cfg(feature = "pipeline")]
         Command::Commit(args) => commit(args),
+        Command::Filter(args) => filter(args),
+        Command::Eval(args) => eval(args),
+        Command::Report(args) => report(args),
+        Command::Bench(BenchCommand::Filters(args)) => bench_filters(args),
     };
     match result {
         Ok(code) => code,
@@ -211,7 +310,6 @@ fn generate(args: GenerateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(feature = "pipeline")]
 fn run(args: RunArgs) -> Result<ExitCode> {
     use crate::pipeline::{RunOptions, Shard};
     let spec = crate::spec::PipelineSpec::load(&args.spec)?;
@@ -231,6 +329,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             (None, Some(s)) => println!("results: written for shard {}/{}; commit them with `gemma-batch commit {}`",
                 s.index, s.count, args.spec.display()),
             (None, None) => println!("results: {} (nothing new to commit)", summary.results),
+        }
+        if summary.quarantined > 0 {
+            println!("quarantine: {} ({} rows this run)", summary.quarantine, summary.quarantined);
         }
         if !summary.by_task.is_empty() {
             println!("{:<24} {:>8} {:>8} {:>14} {:>14}", "task", "rows", "failed", "mean ms/batch", "output tokens");
@@ -256,12 +357,238 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     })
 }
 
-#[cfg(feature = "pipeline")]
 fn commit(args: CommitArgs) -> Result<ExitCode> {
     let spec = crate::spec::PipelineSpec::load(&args.spec)?;
     match crate::pipeline::commit(&spec)? {
         (Some(v), n) => println!("committed {n} shard result files as version {v}"),
         (None, _) => println!("nothing to commit"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn filter(args: FilterArgs) -> Result<ExitCode> {
+    use crate::filters::{FilterSet, PolicyItem, Screening};
+    use std::io::BufRead;
+    let path = crate::filters::resolve_set(&args.set, &[PathBuf::from("filters")])?;
+    let set = FilterSet::load(&path)?;
+    let mut model = match set.policy() {
+        Some(policy) if !args.no_policy => {
+            let dir = args.model.clone().or_else(|| policy.model.clone()).with_context(|| {
+                format!("filter set {} has a policy filter, which needs a model: give --model DIR, or --no-policy", path.display())
+            })?;
+            let margs = ModelArgs {
+                model: dir,
+                backend: args.backend,
+                device: args.device,
+                dtype: args.dtype,
+                threads: 0,
+                max_image_pixels: crate::prepare::image::DEFAULT_MAX_PIXELS,
+            };
+            Some(margs.load()?)
+        }
+        _ => None,
+    };
+    if !args.images.is_empty() && model.is_none() {
+        anyhow::bail!("--image needs the policy filter (a set with [policy] and a model)");
+    }
+
+    let reader: Box<dyn BufRead> = match &args.file {
+        Some(f) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let source = args.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "stdin".into());
+    let mut out = ScreeningPrinter { json: args.json, fired: false, failed: false };
+    // Lines are screened in chunks so the policy filter can batch them.
+    let mut chunk: Vec<(usize, String)> = Vec::new();
+    let flush = |chunk: &mut Vec<(usize, String)>, model: &mut Option<crate::model::Gemma4>, out: &mut ScreeningPrinter| -> Result<()> {
+        let mut screenings: Vec<Screening> = chunk.iter().map(|(_, l)| set.screen(l, None)).collect();
+        let mut errors: Vec<Option<String>> = vec![None; chunk.len()];
+        if let (Some(m), Some(policy)) = (model.as_mut(), set.policy()) {
+            let items: Vec<PolicyItem> = chunk.iter().map(|(_, l)| PolicyItem::Text(l.clone())).collect();
+            for (i, r) in policy.score(m, &items)?.into_iter().enumerate() {
+                match r {
+                    Ok(scores) => set.add_policy_decisions(&mut screenings[i].decisions, "text", &scores, None),
+                    Err(e) => errors[i] = Some(e),
+                }
+            }
+        }
+        for (((n, line), s), e) in chunk.drain(..).zip(screenings).zip(errors) {
+            out.print(format!("{source}:{n}"), Some(&line), &s, e);
+        }
+        Ok(())
+    };
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let bytes = line.with_context(|| format!("reading {source}"))?;
+        let n = i + 1;
+        match String::from_utf8(bytes) {
+            Ok(l) => chunk.push((n, l.trim_end_matches('\r').to_string())),
+            Err(e) => {
+                let empty = Screening { text: String::new(), decisions: Vec::new() };
+                out.print(format!("{source}:{n}"), None, &empty, Some(format!("not valid UTF-8 ({e})")));
+            }
+        }
+        if chunk.len() >= 64 {
+            flush(&mut chunk, &mut model, &mut out)?;
+        }
+    }
+    flush(&mut chunk, &mut model, &mut out)?;
+    if let (Some(m), Some(policy)) = (model.as_mut(), set.policy()) {
+        let items: Vec<PolicyItem> = args.images.iter().map(|p| PolicyItem::Image(ImageSource::Path(p.clone()))).collect();
+        for (p, r) in args.images.iter().zip(policy.score(m, &items)?) {
+            let mut s = Screening { text: String::new(), decisions: Vec::new() };
+            let error = match r {
+                Ok(scores) => {
+                    set.add_policy_decisions(&mut s.decisions, "image", &scores, None);
+                    None
+                }
+                Err(e) => Some(e),
+            };
+            out.print(p.display().to_string(), None, &s, error);
+        }
+    }
+    Ok(if out.failed {
+        ExitCode::from(2)
+    } else if out.fired {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Prints screenings as text or JSON lines, remembering whether anything fired or failed.
+struct ScreeningPrinter {
+    json: bool,
+    fired: bool,
+    failed: bool,
+}
+
+impl ScreeningPrinter {
+    fn print(&mut self, label: String, item_text: Option<&str>, screening: &crate::filters::Screening, error: Option<String>) {
+        self.fired |= !screening.decisions.is_empty();
+        self.failed |= error.is_some();
+        if self.json {
+            let value = serde_json::json!({
+                "item": label, "text": screening.text, "outcome": screening.outcome(),
+                "decisions": screening.decisions, "error": error,
+            });
+            println!("{value}");
+            return;
+        }
+        if let Some(e) = error {
+            println!("{label}: error: {e}");
+            return;
+        }
+        if screening.decisions.is_empty() {
+            println!("{label}: pass");
+            return;
+        }
+        println!("{label}: {}", screening.outcome().name());
+        for d in &screening.decisions {
+            let matched = match (d.span, item_text) {
+                (Some([a, b]), Some(t)) => format!(" [{a}..{b}] {:?}", t.get(a..b).unwrap_or("")),
+                _ => String::new(),
+            };
+            println!("  {}:{} ({}) score {:.3} -> {}{matched}", d.filter, d.rule, d.category, d.score, format!("{:?}", d.action).to_lowercase());
+        }
+        if item_text.is_some_and(|t| t != screening.text) {
+            println!("  => {}", screening.text);
+        }
+    }
+}
+
+fn bench_filters(args: BenchFiltersArgs) -> Result<ExitCode> {
+    let path = crate::filters::resolve_set(&args.set, &[PathBuf::from("filters")])?;
+    let set = crate::filters::FilterSet::load(&path)?;
+    let sizes: Vec<usize> = args.sizes_mb.iter().map(|mb| (mb * 1_000_000.0) as usize).collect();
+    let timings = crate::bench::filters(&set, &sizes, args.repeats);
+    println!("filter set {} (rule-based filters), one line per size, best of {}", path.display(), args.repeats);
+    println!("{:>10} {:>10} {:>10} {:>10} {:>14}", "bytes", "seconds", "MB/s", "decisions", "time ratio");
+    let base = timings.first().map(|t| t.seconds).unwrap_or(1.0);
+    for t in &timings {
+        println!("{:>10} {:>10.3} {:>10.2} {:>10} {:>13.2}x", t.bytes, t.seconds, t.bytes as f64 / 1e6 / t.seconds, t.decisions, t.seconds / base);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_gate(s: &str) -> Result<(String, crate::evals::suite::GateSpec)> {
+    let (name, rule) = s.split_once('=').with_context(|| format!("gate {s:?}: expected NAME=KIND:X"))?;
+    let (kind, value) = rule.split_once(':').with_context(|| format!("gate {s:?}: expected KIND:X after ="))?;
+    let v: f64 = value.parse().with_context(|| format!("gate {s:?}: {value:?} is not a number"))?;
+    let mut g = crate::evals::suite::GateSpec { min: None, max: None, max_abs: None };
+    match kind {
+        "min" => g.min = Some(v),
+        "max" => g.max = Some(v),
+        "max_abs" => g.max_abs = Some(v),
+        other => anyhow::bail!("gate {s:?}: kind {other:?} is not min, max or max_abs"),
+    }
+    Ok((name.to_string(), g))
+}
+
+fn write_reports(record: &crate::evals::record::EvalRecord, dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let html = crate::reports::html(record).map_err(anyhow::Error::msg).context("rendering report.html")?;
+    for (name, text) in [
+        ("record.json", serde_json::to_string_pretty(record)?),
+        ("report.html", html),
+        ("report.md", crate::reports::markdown(record)),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> Result<ExitCode> {
+    let mut suite = crate::evals::suite::SuiteSpec::load(&args.suite)?;
+    for g in &args.gates {
+        let (name, spec) = parse_gate(g)?;
+        suite.gates.insert(name, spec);
+    }
+    let options = crate::pipeline::RunOptions { shard: None, limit: None, quiet: args.quiet };
+    let record = crate::evals::suite::run(&suite, &options).with_context(|| format!("running {}", args.suite.display()))?;
+    let dir = args.out.clone().unwrap_or_else(|| suite.reports_dir());
+    write_reports(&record, &dir)?;
+    print!("{}", crate::reports::markdown(&record));
+    println!("\nreports: {} (report.html, report.md, record.json)", dir.display());
+    let failed = record.failed_gates();
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for g in failed {
+            eprintln!("gate failed: {} {} {} (value {})", g.name, g.kind, g.threshold, g.value.map(|v| v.to_string()).unwrap_or_else(|| "missing".into()));
+        }
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn load_record(p: &std::path::Path) -> Result<crate::evals::record::EvalRecord> {
+    let file = if p.is_dir() { p.join("record.json") } else { p.to_path_buf() };
+    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not an evaluation record", file.display()))
+}
+
+fn report(args: ReportArgs) -> Result<ExitCode> {
+    if let Some(pair) = &args.compare {
+        let (a, b) = (load_record(&pair[0])?, load_record(&pair[1])?);
+        let deltas = crate::evals::record::compare(&a, &b);
+        let text = crate::reports::compare_markdown(&a, &b, &deltas);
+        print!("{text}");
+        if let Some(out) = &args.out {
+            std::fs::create_dir_all(out)?;
+            std::fs::write(out.join("compare.md"), &text)?;
+        }
+        let regressions: Vec<_> = deltas.iter().filter(|d| d.regression).collect();
+        for d in &regressions {
+            eprintln!("regression: {}.{} {:.4} -> {:.4}", d.benchmark, d.metric, d.a.value, d.b.value);
+        }
+        return Ok(if regressions.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+    let path = args.record.expect("required unless --compare");
+    let record = load_record(&path)?;
+    let dir = args.out.unwrap_or_else(|| if path.is_dir() { path.clone() } else { path.parent().map(PathBuf::from).unwrap_or_default() });
+    write_reports(&record, &dir)?;
+    println!("reports: {}", dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -54,6 +54,9 @@ pub enum Error {
     #[error("source {source_name}: {message}")]
     Source { source_name: String, message: String },
 
+    #[error("filter set {path}: {message}")]
+    Filter { path: PathBuf, message: String },
+
     #[error("result store: {0}")]
     Sink(String),
 }

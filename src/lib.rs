@@ -4,17 +4,17 @@
 //! turns prompts and images into model inputs, `model` runs Gemma 4 (ONNX), `sink` stores
 //! results in Lance, `pipeline` joins the stages, `cli` is the thin binary.
 
+pub mod bench;
 pub mod cli;
 pub mod error;
+pub mod evals;
+pub mod filters;
 pub mod model;
-#[cfg(feature = "pipeline")]
 pub mod pipeline;
 pub mod prepare;
-#[cfg(feature = "pipeline")]
+pub mod reports;
 pub mod sink;
-#[cfg(feature = "pipeline")]
 pub mod source;
-#[cfg(feature = "pipeline")]
 pub mod spec;
 
 pub use error::{Error, Result};

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::filters::{Decision, FilterSet, Outcome, PolicyItem, Screening, Stage};
 use crate::model::{
     BackendOptions, Gemma4, GenerationOptions, ImageSource, ModelOptions, Prepared, Preparer, Request, Sampling,
 };
@@ -94,10 +95,15 @@ pub struct RunSummary {
     pub skipped: u64,
     pub done: u64,
     pub failed: u64,
+    /// Rows the filters sent to the quarantine table (counted in done/failed too).
+    pub quarantined: u64,
     pub interrupted: bool,
     /// The Lance version holding this run's rows (None for a shard, which commits later).
     pub version: Option<u64>,
     pub results: String,
+    pub quarantine: String,
+    /// The content hash of the model files (the rows of this model carry it).
+    pub model_hash: String,
     pub elapsed_s: f64,
     /// Per-task counts from the committed rows of this run (a polars group-by).
     pub by_task: Vec<TaskSummary>,
@@ -123,6 +129,8 @@ struct WorkItem {
     key: String,
     prompt_hash: String,
     error: Option<String>,
+    /// Filter decisions so far (input stage).
+    decisions: Vec<Decision>,
 }
 
 struct PreparedItem {
@@ -278,6 +286,222 @@ impl Provenance {
     }
 }
 
+/// The spec's filter sets, loaded once per run.
+#[derive(Clone, Default)]
+struct Filters {
+    input: Option<Arc<FilterSet>>,
+    output: Option<Arc<FilterSet>>,
+}
+
+impl Filters {
+    /// Looks sets up by name in `filters/` next to the spec, one level up (a project's
+    /// `pipelines/` and `filters/` side by side), then in the working directory.
+    fn load(spec: &PipelineSpec) -> Result<Filters> {
+        let dirs = [spec.base_dir.join("filters"), spec.base_dir.join("..").join("filters"), PathBuf::from("filters")];
+        let load = |name: &Option<String>| -> Result<Option<Arc<FilterSet>>> {
+            match name {
+                Some(n) => {
+                    let path = crate::filters::resolve_set(n, &dirs)?;
+                    let path = if path.is_relative() && !path.exists() { spec.base_dir.join(&path) } else { path };
+                    Ok(Some(Arc::new(FilterSet::load(&path)?)))
+                }
+                None => Ok(None),
+            }
+        };
+        Ok(Filters { input: load(&spec.filters.input)?, output: load(&spec.filters.output)? })
+    }
+
+    fn any(&self) -> bool {
+        self.input.is_some() || self.output.is_some()
+    }
+
+    /// The policy filter's own model, when a set names one.
+    fn policy_model_dir(&self) -> Option<PathBuf> {
+        [&self.input, &self.output].into_iter().flatten().find_map(|s| s.policy().and_then(|p| p.model.clone()))
+    }
+}
+
+/// Writes the decisions, the outcome and the reason into a result row.
+fn set_filter_columns(r: &mut ResultRow, decisions: &[Decision]) {
+    r.filter_decisions = Some(serde_json::to_string(decisions).expect("decisions serialise"));
+    r.filter_outcome = Some(crate::filters::outcome(decisions).name().to_string());
+    r.filter_reason = crate::filters::reason(decisions);
+}
+
+fn image_source(img: &RowImage) -> ImageSource {
+    match img {
+        RowImage::Encoded { name, bytes } => ImageSource::Bytes { name: name.clone(), bytes: bytes.clone() },
+        RowImage::Rendered { name, image } => {
+            ImageSource::Decoded { name: name.clone(), image: image::DynamicImage::ImageRgb8(image.clone()) }
+        }
+    }
+}
+
+/// The model stage: input policy filter, generation, output filters.
+struct ModelStage {
+    tasks: Vec<TaskSpec>,
+    provenance: Provenance,
+    filters: Filters,
+    row_tx: mpsc::Sender<ResultRow>,
+    /// A separate model for the policy filter, when the filter set names one.
+    policy_model: Option<Gemma4>,
+}
+
+impl ModelStage {
+    fn send(&self, r: ResultRow) -> bool {
+        self.row_tx.blocking_send(r).is_ok()
+    }
+
+    /// Scores items with a set's policy filter; one result per item (decisions or an error).
+    fn policy_decisions(
+        &mut self,
+        model: &mut Gemma4,
+        set: &FilterSet,
+        items: Vec<Vec<(&'static str, PolicyItem)>>,
+        stage: Stage,
+    ) -> Vec<std::result::Result<Vec<Decision>, String>> {
+        let Some(policy) = set.policy() else { return items.iter().map(|_| Ok(Vec::new())).collect() };
+        let flat: Vec<PolicyItem> = items.iter().flatten().map(|(_, i)| i.clone()).collect();
+        let pm = self.policy_model.as_mut().unwrap_or(model);
+        let scores = match policy.score(pm, &flat) {
+            Ok(s) => s,
+            Err(e) => return items.iter().map(|_| Err(format!("policy filter: {e}"))).collect(),
+        };
+        let mut scores = scores.into_iter();
+        items
+            .iter()
+            .map(|parts| {
+                let mut decisions = Vec::new();
+                let mut error = None;
+                for (what, _) in parts {
+                    match scores.next().expect("one score per item") {
+                        Ok(s) => set.add_policy_decisions(&mut decisions, what, &s, Some(stage)),
+                        Err(e) => error = Some(format!("policy filter ({what}): {e}")),
+                    }
+                }
+                error.map_or(Ok(decisions), Err)
+            })
+            .collect()
+    }
+
+    /// Runs one batch (one task); false when the writer has gone.
+    fn run_batch(&mut self, model: &mut Gemma4, batch: Vec<PreparedItem>) -> bool {
+        let task = self.tasks[batch[0].item.task].clone();
+        let mut batch = batch;
+
+        // Input policy filter: the prompt text and the row's image.
+        if let Some(set) = self.filters.input.clone().filter(|s| s.policy().is_some()) {
+            let items = batch
+                .iter()
+                .map(|p| {
+                    let mut parts = vec![("text", PolicyItem::Text(p.item.prompt.clone()))];
+                    if let Some(img) = &p.item.image {
+                        parts.push(("image", PolicyItem::Image(image_source(img))));
+                    }
+                    parts
+                })
+                .collect();
+            let results = self.policy_decisions(model, &set, items, Stage::Input);
+            let mut kept = Vec::with_capacity(batch.len());
+            for (mut p, result) in batch.into_iter().zip(results) {
+                match result {
+                    Ok(d) => p.item.decisions.extend(d),
+                    Err(e) => {
+                        let mut r = self.provenance.row(&p.item, &task);
+                        r.error = Some(e);
+                        set_filter_columns(&mut r, &p.item.decisions);
+                        if !self.send(r) {
+                            return false;
+                        }
+                        continue;
+                    }
+                }
+                if matches!(crate::filters::outcome(&p.item.decisions), Outcome::Drop | Outcome::Quarantine) {
+                    let mut r = self.provenance.row(&p.item, &task);
+                    set_filter_columns(&mut r, &p.item.decisions);
+                    if !self.send(r) {
+                        return false;
+                    }
+                } else {
+                    kept.push(p);
+                }
+            }
+            batch = kept;
+            if batch.is_empty() {
+                return true;
+            }
+        }
+
+        let options = GenerationOptions { max_new_tokens: task.max_new_tokens, sampling: sampling_of(&task) };
+        let prompts: Vec<Prepared> = batch.iter().map(|p| p.prepared.clone()).collect();
+        let t0 = Instant::now();
+        let result = model.generate(&prompts, &options);
+        let latency = t0.elapsed().as_secs_f64() * 1000.0;
+        let gens = match result {
+            Ok(g) => g,
+            Err(e) => {
+                for p in &batch {
+                    let mut r = self.provenance.row(&p.item, &task);
+                    r.error = Some(format!("model: {e}"));
+                    if self.filters.any() {
+                        set_filter_columns(&mut r, &p.item.decisions);
+                    }
+                    if !self.send(r) {
+                        return false;
+                    }
+                }
+                return true;
+            }
+        };
+
+        // Output filters: rules first (they may redact), then the policy filter on what is left.
+        let mut outputs: Vec<(String, Vec<Decision>)> = gens.iter().map(|g| (g.text.clone(), Vec::new())).collect();
+        let mut output_errors: Vec<Option<String>> = vec![None; gens.len()];
+        if let Some(set) = self.filters.output.clone() {
+            for (text, decisions) in outputs.iter_mut() {
+                let Screening { text: t, decisions: d } = set.screen(text, Some(Stage::Output));
+                *text = t;
+                *decisions = d;
+            }
+            if set.policy().is_some() {
+                let items = outputs.iter().map(|(t, _)| vec![("text", PolicyItem::Text(t.clone()))]).collect();
+                for (i, result) in self.policy_decisions(model, &set, items, Stage::Output).into_iter().enumerate() {
+                    match result {
+                        Ok(d) => outputs[i].1.extend(d),
+                        Err(e) => output_errors[i] = Some(e),
+                    }
+                }
+            }
+        }
+
+        for ((p, g), ((text, out_decisions), out_error)) in batch.into_iter().zip(gens).zip(outputs.into_iter().zip(output_errors)) {
+            let mut r = self.provenance.row(&p.item, &task);
+            let mut decisions = p.item.decisions;
+            decisions.extend(out_decisions);
+            r.finish_reason = Some(format!("{:?}", g.finish_reason).to_lowercase());
+            r.prompt_tokens = Some(g.prompt_tokens as u32);
+            r.output_tokens = Some(g.token_ids.len() as u32);
+            r.latency_ms = Some(latency);
+            r.error = out_error;
+            if crate::filters::outcome(&decisions) != Outcome::Drop {
+                if task.kind == TaskKind::Extract {
+                    let (json, valid) = check_extract(&text, task.fields.as_deref().unwrap_or_default());
+                    r.extracted = json;
+                    r.extract_valid = Some(valid);
+                }
+                r.output = Some(text);
+            }
+            if self.filters.any() {
+                set_filter_columns(&mut r, &decisions);
+            }
+            if !self.send(r) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 /// Runs a pipeline spec to completion (or Ctrl-C).
 pub fn run(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSummary> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -293,7 +517,9 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
     let started_ms = now_ms();
     let run_id = hex(&[&spec.name, &started_ms.to_string(), &std::process::id().to_string()])[..16].to_string();
     let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
-    std::fs::create_dir_all(&layout.dir).map_err(|e| Error::io(&layout.dir, e))?;
+    if !spec.sink.dir.contains("://") {
+        std::fs::create_dir_all(&layout.dir).map_err(|e| Error::io(&layout.dir, e))?;
+    }
     let store = ResultStore::new(layout.results());
 
     // The model, loaded before anything is read so a bad model fails fast.
@@ -312,6 +538,18 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         eprintln!("gemma-batch: using the CPU: {reason}");
     }
     let info = model.backend_info().clone();
+    let filters = Filters::load(spec)?;
+    let policy_model = match filters.policy_model_dir() {
+        Some(dir) if dir != model_dir => {
+            let opts = ModelOptions {
+                backend: BackendOptions { kind: spec.model.backend, device: spec.model.device, threads: spec.model.threads },
+                max_image_pixels: spec.model.max_image_pixels,
+                ..ModelOptions::default()
+            };
+            Some(tokio::task::spawn_blocking(move || Gemma4::load(&dir, &opts)).await.map_err(|e| Error::Sink(e.to_string()))??)
+        }
+        _ => None,
+    };
     let provenance = Provenance {
         run_id: run_id.clone(),
         backend: format!("{:?}", info.backend).to_lowercase(),
@@ -322,18 +560,25 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         shard: options.shard.map(|s| s.label()),
     };
 
+    let quarantine = ResultStore::new(layout.quarantine());
     store.ensure_exists().await?;
-    let done = Arc::new(store.done_keys().await?);
-    if options.shard.is_none() {
-        let pending = pending_files(&layout)?;
-        if !pending.is_empty() {
-            return Err(Error::Sink(format!(
-                "{} holds {} uncommitted shard results; run `gemma-batch commit` on this spec first",
-                layout.pending().display(),
-                pending.len()
-            )));
-        }
+    quarantine.ensure_exists().await?;
+    // Done: committed rows in either table, and, for a shard rerun, what any shard already
+    // wrote but has not committed yet.
+    let mut done = store.done_keys().await?;
+    done.extend(quarantine.done_keys().await?);
+    let pending = [pending_files(&layout.pending())?, pending_files(&layout.pending_quarantine())?].concat();
+    if options.shard.is_none() && !pending.is_empty() {
+        return Err(Error::Sink(format!(
+            "{} holds {} uncommitted shard results; run `gemma-batch commit` on this spec first",
+            layout.dir.display(),
+            pending.len()
+        )));
     }
+    for txn in &pending {
+        done.extend(pending_keys(txn)?);
+    }
+    let done = Arc::new(done);
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -414,6 +659,7 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
                                 key,
                                 prompt_hash,
                                 error,
+                                decisions: Vec::new(),
                             };
                             if item.error.is_some() {
                                 let mut r = provenance.row(&item, task);
@@ -432,28 +678,37 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         })
     };
 
-    // Stage 2: decode images and tokenize on a blocking thread; failures become failed rows.
+    // Stage 2: screen the prompt with the input filters, decode images and tokenize, on a
+    // blocking thread; failures become failed rows.
     let preparer = {
         let prep: Arc<Preparer> = model.preparer();
         let tasks = spec.tasks.clone();
         let row_tx = row_tx.clone();
         let provenance = provenance.clone();
+        let input_filter = filters.input.clone();
+        let any_filters = filters.any();
         let mut item_rx = item_rx;
         tokio::task::spawn_blocking(move || {
-            while let Some(item) = item_rx.blocking_recv() {
+            while let Some(mut item) = item_rx.blocking_recv() {
+                if let Some(set) = &input_filter {
+                    let screening = set.screen(&item.prompt, Some(Stage::Input));
+                    item.decisions = screening.decisions;
+                    if matches!(crate::filters::outcome(&item.decisions), Outcome::Drop | Outcome::Quarantine) {
+                        let mut r = provenance.row(&item, &tasks[item.task]);
+                        r.prompt = screening.text;
+                        set_filter_columns(&mut r, &item.decisions);
+                        if row_tx.blocking_send(r).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    // The model (and the stored prompt) see the redacted text.
+                    item.prompt = screening.text;
+                }
                 let request = Request {
                     system: item.system.clone(),
                     prompt: item.prompt.clone(),
-                    images: item
-                        .image
-                        .iter()
-                        .map(|img| match img {
-                            RowImage::Encoded { name, bytes } => ImageSource::Bytes { name: name.clone(), bytes: bytes.clone() },
-                            RowImage::Rendered { name, image } => {
-                                ImageSource::Decoded { name: name.clone(), image: image::DynamicImage::ImageRgb8(image.clone()) }
-                            }
-                        })
-                        .collect(),
+                    images: item.image.iter().map(image_source).collect(),
                 };
                 match prep.prepare(&request) {
                     Ok(prepared) => {
@@ -464,6 +719,9 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
                     Err(e) => {
                         let mut r = provenance.row(&item, &tasks[item.task]);
                         r.error = Some(e.to_string());
+                        if any_filters {
+                            set_filter_columns(&mut r, &item.decisions);
+                        }
                         if row_tx.blocking_send(r).is_err() {
                             return;
                         }
@@ -473,53 +731,27 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         })
     };
 
-    // Stage 3: the model, on its own thread, in batches of one task each.
+    // Stage 3: the model, on its own thread, in batches of one task each, with the policy
+    // filters (they need the model) and the output filters.
     let model_thread = {
-        let tasks = spec.tasks.clone();
-        let provenance = provenance.clone();
-        let row_tx = row_tx.clone();
+        let mut stage = ModelStage {
+            tasks: spec.tasks.clone(),
+            provenance: provenance.clone(),
+            filters: filters.clone(),
+            row_tx: row_tx.clone(),
+            policy_model,
+        };
         let mut prep_rx = prep_rx;
         let mut model = model;
         std::thread::spawn(move || {
             let mut pending: HashMap<usize, Vec<PreparedItem>> = HashMap::new();
-            let run_batch = |model: &mut Gemma4, batch: Vec<PreparedItem>| -> bool {
-                let task = &tasks[batch[0].item.task];
-                let options = GenerationOptions { max_new_tokens: task.max_new_tokens, sampling: sampling_of(task) };
-                let prompts: Vec<Prepared> = batch.iter().map(|p| p.prepared.clone()).collect();
-                let t0 = Instant::now();
-                let result = model.generate(&prompts, &options);
-                let latency = t0.elapsed().as_secs_f64() * 1000.0;
-                for (i, p) in batch.into_iter().enumerate() {
-                    let mut r = provenance.row(&p.item, task);
-                    match &result {
-                        Ok(gens) => {
-                            let g = &gens[i];
-                            r.output = Some(g.text.clone());
-                            r.finish_reason = Some(format!("{:?}", g.finish_reason).to_lowercase());
-                            r.prompt_tokens = Some(g.prompt_tokens as u32);
-                            r.output_tokens = Some(g.token_ids.len() as u32);
-                            r.latency_ms = Some(latency);
-                            if task.kind == TaskKind::Extract {
-                                let (json, valid) = check_extract(&g.text, task.fields.as_deref().unwrap_or_default());
-                                r.extracted = json;
-                                r.extract_valid = Some(valid);
-                            }
-                        }
-                        Err(e) => r.error = Some(format!("model: {e}")),
-                    }
-                    if row_tx.blocking_send(r).is_err() {
-                        return false;
-                    }
-                }
-                true
-            };
             while let Some(p) = prep_rx.blocking_recv() {
                 let task = p.item.task;
                 let queue = pending.entry(task).or_default();
                 queue.push(p);
                 if queue.len() >= batch_size {
                     let batch = std::mem::take(queue);
-                    if !run_batch(&mut model, batch) {
+                    if !stage.run_batch(&mut model, batch) {
                         return;
                     }
                 }
@@ -527,7 +759,7 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
             let mut rest: Vec<_> = pending.into_iter().filter(|(_, v)| !v.is_empty()).collect();
             rest.sort_by_key(|(t, _)| *t);
             for (_, batch) in rest {
-                if !run_batch(&mut model, batch) {
+                if !stage.run_batch(&mut model, batch) {
                     return;
                 }
             }
@@ -535,55 +767,43 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
     };
     drop(row_tx);
 
-    // Stage 4: commit rows as they come, commit_every at a time.
+    // Stage 4: commit rows as they come, commit_every at a time. Quarantined rows go to their
+    // own table, committed before the main table's rows of the same flush.
     let progress = Progress::new(options.quiet);
     let mut buffer: Vec<ResultRow> = Vec::with_capacity(spec.sink.commit_every);
+    let mut quarantined: Vec<ResultRow> = Vec::new();
     let mut version = None;
-    let flush = |buffer: &mut Vec<ResultRow>| {
-        let rows = std::mem::take(buffer);
-        let store = &store;
-        let layout = &layout;
-        let shard = options.shard;
-        async move {
-            if rows.is_empty() {
-                return Ok::<Option<u64>, Error>(None);
-            }
-            match shard {
-                None => store.append(&rows).await.map(Some),
-                Some(s) => {
-                    let txn = store.write_uncommitted(&rows).await?;
-                    let dir = layout.pending();
-                    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-                    let name = format!("shard-{}-of-{}-{}.txn", s.index, s.count, hex(&[&now_ms().to_string(), &rows[0].key]));
-                    let tmp = dir.join(format!(".{name}.tmp"));
-                    std::fs::write(&tmp, txn).map_err(|e| Error::io(&tmp, e))?;
-                    // Renamed into place only when complete: a killed shard leaves no half file.
-                    std::fs::rename(&tmp, dir.join(&name)).map_err(|e| Error::io(&dir, e))?;
-                    Ok(None)
-                }
-            }
-        }
-    };
     let mut last_log = Instant::now();
-    while let Some(row) = row_rx.recv().await {
-        if row.error.is_some() {
-            counters.failed.fetch_add(1, Ordering::Relaxed);
-        } else {
-            counters.done.fetch_add(1, Ordering::Relaxed);
+    loop {
+        let row = row_rx.recv().await;
+        let end = row.is_none();
+        if let Some(row) = row {
+            if row.error.is_some() {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counters.done.fetch_add(1, Ordering::Relaxed);
+            }
+            if row.filter_outcome.as_deref() == Some("quarantine") {
+                counters.quarantined.fetch_add(1, Ordering::Relaxed);
+                quarantined.push(row);
+            } else {
+                buffer.push(row);
+            }
+            progress.update(&counters);
         }
-        buffer.push(row);
-        progress.update(&counters);
-        if buffer.len() >= spec.sink.commit_every {
-            let v = flush(&mut buffer).await?;
+        if end || buffer.len() + quarantined.len() >= spec.sink.commit_every {
+            flush(std::mem::take(&mut quarantined), &quarantine, &layout.pending_quarantine(), options.shard).await?;
+            let v = flush(std::mem::take(&mut buffer), &store, &layout.pending(), options.shard).await?;
             version = v.or(version);
             if progress.plain && last_log.elapsed() > Duration::from_secs(10) {
                 progress.log(&counters, started.elapsed());
                 last_log = Instant::now();
             }
         }
+        if end {
+            break;
+        }
     }
-    let v = flush(&mut buffer).await?;
-    version = v.or(version);
     progress.finish();
     let reader_result = reader.await.map_err(|e| Error::Sink(e.to_string()))?;
     preparer.await.map_err(|e| Error::Sink(e.to_string()))?;
@@ -598,9 +818,12 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         skipped: counters.skipped.load(Ordering::Relaxed),
         done: counters.done.load(Ordering::Relaxed),
         failed: counters.failed.load(Ordering::Relaxed),
+        quarantined: counters.quarantined.load(Ordering::Relaxed),
         interrupted,
         version,
         results: layout.results(),
+        quarantine: layout.quarantine(),
+        model_hash: provenance.model_hash.clone(),
         elapsed_s: started.elapsed().as_secs_f64(),
         by_task: Vec::new(),
     };
@@ -621,6 +844,7 @@ fn provenance_json(p: &Provenance) -> serde_json::Value {
 
 #[derive(Default)]
 struct Counters {
+    quarantined: AtomicU64,
     rows: AtomicU64,
     items: AtomicU64,
     skipped: AtomicU64,
@@ -742,13 +966,48 @@ async fn export(spec: &PipelineSpec, store: &ResultStore) -> Result<()> {
     Ok(())
 }
 
-fn pending_files(layout: &SinkLayout) -> Result<Vec<std::path::PathBuf>> {
-    let dir = layout.pending();
+/// Commits rows (a single process: one new version) or, for a shard, writes them as a pending
+/// transaction for `commit`.
+async fn flush(rows: Vec<ResultRow>, store: &ResultStore, pending: &Path, shard: Option<Shard>) -> Result<Option<u64>> {
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    match shard {
+        None => store.append(&rows).await.map(Some),
+        Some(s) => write_pending(store, &rows, pending, s).await.map(|_| None),
+    }
+}
+
+/// Writes rows as an uncommitted Lance transaction under `dir`, with the row keys beside it
+/// (`NAME.keys`, written first), so that reruns and `commit` know which rows it holds.
+async fn write_pending(store: &ResultStore, rows: &[ResultRow], dir: &Path, shard: Shard) -> Result<()> {
+    let txn = store.write_uncommitted(rows).await?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let name = format!("shard-{}-of-{}-{}", shard.index, shard.count, hex(&[&now_ms().to_string(), &rows[0].key]));
+    let keys: String = rows.iter().map(|r| format!("{}\n", r.key)).collect();
+    // Each file is renamed into place only when complete, the transaction last: a killed
+    // shard leaves no half file, and a transaction always has its keys.
+    for (ext, bytes) in [("keys", keys.into_bytes()), ("txn", txn)] {
+        let tmp = dir.join(format!(".{name}.{ext}.tmp"));
+        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, dir.join(format!("{name}.{ext}"))).map_err(|e| Error::io(dir, e))?;
+    }
+    Ok(())
+}
+
+/// The keys of the rows in a pending transaction file.
+fn pending_keys(txn: &Path) -> Result<Vec<String>> {
+    let keys = txn.with_extension("keys");
+    let text = std::fs::read_to_string(&keys).map_err(|e| Error::io(&keys, e))?;
+    Ok(text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect())
+}
+
+fn pending_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.exists() {
         return Ok(Vec::new());
     }
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .map_err(|e| Error::io(&dir, e))?
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "txn"))
         .collect();
@@ -756,31 +1015,52 @@ fn pending_files(layout: &SinkLayout) -> Result<Vec<std::path::PathBuf>> {
     Ok(files)
 }
 
-/// Commits every shard's pending fragments as one new version; returns it and the file count.
+/// Commits the pending transactions under `dir` to `store` as one version. Transactions whose
+/// rows are already in the store (a commit that was killed before it could delete its files)
+/// are deleted instead, so a row never lands twice.
+async fn commit_dir(store: &ResultStore, dir: &Path) -> Result<(Option<u64>, usize)> {
+    let files = pending_files(dir)?;
+    if files.is_empty() {
+        return Ok((None, 0));
+    }
+    store.ensure_exists().await?;
+    let done = store.done_keys().await?;
+    let mut payloads = Vec::new();
+    let mut committed_before = Vec::new();
+    for f in &files {
+        let keys = pending_keys(f)?;
+        if keys.iter().any(|k| done.contains(k)) {
+            committed_before.push(f);
+        } else {
+            payloads.push(std::fs::read(f).map_err(|e| Error::io(f, e))?);
+        }
+    }
+    let version = if payloads.is_empty() { None } else { Some(store.commit_pending(&payloads).await?) };
+    // Committed: the pending files must go, or a second commit would add the rows twice.
+    for f in &files {
+        for p in [f.to_path_buf(), f.with_extension("keys")] {
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    Ok((version, payloads.len()))
+}
+
+/// Commits every shard's pending results (and quarantined rows) as one new version each;
+/// returns the results version and how many shard files it took.
 pub fn commit(spec: &PipelineSpec) -> Result<(Option<u64>, usize)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Sink(format!("starting the async runtime: {e}")))?;
     let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
-    let files = pending_files(&layout)?;
-    if files.is_empty() {
-        return Ok((None, 0));
-    }
-    let payloads = files
-        .iter()
-        .map(|f| std::fs::read(f).map_err(|e| Error::io(f, e)))
-        .collect::<Result<Vec<_>>>()?;
     let store = ResultStore::new(layout.results());
-    let version = runtime.block_on(async {
-        store.ensure_exists().await?;
-        store.commit_pending(&payloads).await
-    })?;
-    // Committed: the pending files must go, or a second commit would add the rows twice.
-    for f in &files {
-        std::fs::remove_file(f).map_err(|e| Error::io(f, e))?;
-    }
-    runtime.block_on(export(spec, &store))?;
-    Ok((Some(version), files.len()))
+    let quarantine = ResultStore::new(layout.quarantine());
+    runtime.block_on(async {
+        commit_dir(&quarantine, &layout.pending_quarantine()).await?;
+        let (version, files) = commit_dir(&store, &layout.pending()).await?;
+        if version.is_some() {
+            export(spec, &store).await?;
+        }
+        Ok((version, files))
+    })
 }
-

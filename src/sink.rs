@@ -35,8 +35,12 @@ pub struct ResultRow {
     /// For `extract` tasks: the parsed fields as JSON, and whether they matched the spec.
     pub extracted: Option<String>,
     pub extract_valid: Option<bool>,
-    /// Every filter decision for the row, as a JSON array.
+    /// Every filter decision for the row, as a JSON array (null when no filter set ran).
     pub filter_decisions: Option<String>,
+    /// The strongest filter action taken: pass, flag, modify, drop or quarantine.
+    pub filter_outcome: Option<String>,
+    /// Why a row was dropped or quarantined.
+    pub filter_reason: Option<String>,
     pub error: Option<String>,
     pub run_id: String,
     pub backend: String,
@@ -65,6 +69,8 @@ pub fn result_schema() -> Arc<Schema> {
         s("extracted", true),
         Field::new("extract_valid", DataType::Boolean, true),
         s("filter_decisions", true),
+        s("filter_outcome", true),
+        s("filter_reason", true),
         s("error", true),
         s("run_id", false),
         s("backend", false),
@@ -108,6 +114,8 @@ fn to_batch(rows: &[ResultRow]) -> Result<RecordBatch> {
         text(rows, |r| r.extracted.as_deref()),
         Arc::new(valid.finish()),
         text(rows, |r| r.filter_decisions.as_deref()),
+        text(rows, |r| r.filter_outcome.as_deref()),
+        text(rows, |r| r.filter_reason.as_deref()),
         text(rows, |r| r.error.as_deref()),
         text(rows, |r| Some(&r.run_id)),
         text(rows, |r| Some(&r.backend)),
@@ -257,6 +265,9 @@ impl SinkLayout {
     }
     pub fn pending(&self) -> PathBuf {
         self.dir.join("pending")
+    }
+    pub fn pending_quarantine(&self) -> PathBuf {
+        self.dir.join("pending-quarantine")
     }
 }
 

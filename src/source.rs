@@ -44,6 +44,7 @@ pub fn open(spec: &PipelineSpec) -> Result<RowBatches> {
         SourceKind::Parquet | SourceKind::Csv | SourceKind::Jsonl | SourceKind::HfParquet => table(src, &path),
         SourceKind::Images => files(src, &path, &["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"], image_rows),
         SourceKind::Pdfs => files(src, &path, &["pdf"], pdf_rows),
+        SourceKind::Lance => lance_table(src, &path),
     }
 }
 
@@ -84,6 +85,15 @@ fn table(src: &SourceSpec, path: &Path) -> Result<RowBatches> {
     if !p.contains(['*', '?', '[']) && !path.exists() {
         return Err(source_err(path, "file not found"));
     }
+    // JSON lines: a line that is not UTF-8 or not a JSON object would fail the whole scan;
+    // such lines become failed rows and polars scans a copy without them.
+    let (p, bad_rows, cleaned) = match src.kind {
+        SourceKind::Jsonl if path.is_file() => match screen_json_lines(src, path)? {
+            Some((bad, copy)) => (copy.path.display().to_string(), bad, Some(copy)),
+            None => (p, Vec::new(), None),
+        },
+        _ => (p, Vec::new(), None),
+    };
     let plpath = PlRefPath::new(&p);
     let mut lf = match src.kind {
         SourceKind::Parquet | SourceKind::HfParquet => LazyFrame::scan_parquet(plpath, ScanArgsParquet::default()),
@@ -111,21 +121,96 @@ fn table(src: &SourceSpec, path: &Path) -> Result<RowBatches> {
     let src = src.clone();
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let path = path.to_path_buf();
-    Ok(Box::new(batches.map(move |df| {
+    let bad = (!bad_rows.is_empty()).then_some(Ok(bad_rows));
+    Ok(Box::new(bad.into_iter().chain(batches.map(move |df| {
+        let _keep_copy = &cleaned;
         let df = df.map_err(|e| source_err(&path, e))?;
         table_rows(&src, &base, df).map_err(|e| source_err(&path, e))
-    })))
+    }))))
+}
+
+/// A temporary file, removed when dropped.
+struct TempCopy {
+    path: PathBuf,
+}
+
+impl Drop for TempCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Checks every line of a JSON lines file. When some are not UTF-8 or not a JSON object,
+/// returns a failed row for each (named by file and line) and a copy of the file without them.
+fn screen_json_lines(src: &SourceSpec, path: &Path) -> Result<Option<(Vec<SourceRow>, TempCopy)>> {
+    use std::io::{BufRead, Write};
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    let mut bad = Vec::new();
+    let mut copy: Option<(TempCopy, std::io::BufWriter<std::fs::File>)> = None;
+    let mut good_before: u64 = 0;
+    let mut line_no = 0usize;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let content = line.strip_suffix(b"\n").unwrap_or(&line);
+        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        let problem = match std::str::from_utf8(content) {
+            Err(e) => Some(format!("line {line_no} is not valid UTF-8 (byte {} of the line)", e.valid_up_to())),
+            Ok(t) if t.trim().is_empty() => None,
+            Ok(t) => match serde_json::from_str::<serde_json::Value>(t) {
+                Ok(serde_json::Value::Object(_)) => None,
+                Ok(_) => Some(format!("line {line_no} is not a JSON object")),
+                Err(e) => Some(format!("line {line_no} is not valid JSON: {e}")),
+            },
+        };
+        match problem {
+            Some(message) => {
+                if copy.is_none() {
+                    // First bad line: copy the good lines so far into a temporary file.
+                    let tmp = std::env::temp_dir().join(format!(
+                        "gemma-batch-{}-{}.jsonl",
+                        std::process::id(),
+                        &sha256_hex(&[path.display().to_string().as_bytes()])[..12]
+                    ));
+                    let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+                    let mut w = std::io::BufWriter::new(f);
+                    let mut src_file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+                    std::io::copy(&mut std::io::Read::take(&mut src_file, good_before), &mut w).map_err(|e| Error::io(&tmp, e))?;
+                    copy = Some((TempCopy { path: tmp }, w));
+                }
+                let mut columns = serde_json::Map::new();
+                columns.insert("line".into(), line_no.into());
+                let mut row = make_row(src, columns, None);
+                row.content_hash = sha256_hex(&[content]);
+                row.input_id = format!("{}:{line_no}", path.display());
+                row.error = Some(format!("{}: {message}", path.display()));
+                bad.push(row);
+            }
+            None => match copy.as_mut() {
+                Some((t, w)) => w.write_all(&line).map_err(|e| Error::io(&t.path, e))?,
+                None => good_before += n as u64,
+            },
+        }
+    }
+    match copy {
+        Some((t, mut w)) => {
+            w.flush().map_err(|e| Error::io(&t.path, e))?;
+            Ok(Some((bad, t)))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Image of each row from the image column: a path, bytes, or a {bytes, path} struct.
 fn image_column(df: &DataFrame, name: &str, base: &Path) -> PolarsResult<Vec<Option<std::result::Result<RowImage, String>>>> {
     let column = df.column(name)?;
-    let read_path = |p: &str| -> std::result::Result<RowImage, String> {
-        let full = base.join(p);
-        std::fs::read(&full)
-            .map(|bytes| RowImage::Encoded { name: p.to_string(), bytes })
-            .map_err(|e| format!("image {}: {e}", full.display()))
-    };
+    let read_path = |p: &str| read_image_path(base, p);
     Ok(match column.dtype() {
         DataType::String => column.str()?.iter().map(|p| p.map(read_path)).collect(),
         DataType::Binary => column
@@ -155,6 +240,14 @@ fn image_column(df: &DataFrame, name: &str, base: &Path) -> PolarsResult<Vec<Opt
             ))
         }
     })
+}
+
+/// An image named by a path in a row, relative to the source's directory.
+fn read_image_path(base: &Path, p: &str) -> std::result::Result<RowImage, String> {
+    let full = base.join(p);
+    std::fs::read(&full)
+        .map(|bytes| RowImage::Encoded { name: p.to_string(), bytes })
+        .map_err(|e| format!("image {}: {e}", full.display()))
 }
 
 fn table_rows(src: &SourceSpec, base: &Path, mut df: DataFrame) -> PolarsResult<Vec<SourceRow>> {
@@ -204,6 +297,105 @@ fn make_row(
     };
     let text = src.text_column.as_ref().and_then(|c| columns.get(c)).and_then(|v| v.as_str().map(str::to_owned));
     SourceRow { input_id, content_hash: hash, columns, image, text, error }
+}
+
+// ---- Lance datasets -----------------------------------------------------------------
+
+/// A Lance dataset, scanned with the column selection and the row filter (SQL) pushed down.
+fn lance_table(src: &SourceSpec, path: &Path) -> Result<RowBatches> {
+    use futures::StreamExt;
+    let uri = path.display().to_string();
+    let err = |e: lance::Error| source_err(path, e);
+    // The reader runs on a blocking thread of the pipeline's runtime; elsewhere, make one.
+    let (handle, owned) = match tokio::runtime::Handle::try_current() {
+        Ok(h) => (h, None),
+        Err(_) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| source_err(path, e))?;
+            (rt.handle().clone(), Some(rt))
+        }
+    };
+    let stream = handle.block_on(async {
+        let ds = lance::dataset::Dataset::open(&uri).await.map_err(err)?;
+        let mut scan = ds.scan();
+        if let Some(cols) = &src.columns {
+            let mut cols = cols.clone();
+            for extra in [&src.id_column, &src.image_column, &src.text_column].into_iter().flatten() {
+                if !cols.contains(extra) {
+                    cols.push(extra.clone());
+                }
+            }
+            scan.project(&cols).map_err(err)?;
+        }
+        if let Some(f) = &src.filter {
+            scan.filter(f).map_err(|e| source_err(path, format!("filter {f:?}: {e}")))?;
+        }
+        scan.batch_size(src.read_batch);
+        scan.try_into_stream().await.map_err(err)
+    })?;
+    let src = src.clone();
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let path = path.to_path_buf();
+    let mut stream = Box::pin(stream);
+    Ok(Box::new(std::iter::from_fn(move || {
+        let _keep_runtime = &owned;
+        let batch = handle.block_on(stream.next())?;
+        Some(batch.map_err(|e| source_err(&path, e)).and_then(|b| arrow_rows(&src, &base, &b).map_err(|e| source_err(&path, e))))
+    })))
+}
+
+/// Rows of an Arrow record batch: the image column as in tables, every other column as JSON.
+fn arrow_rows(src: &SourceSpec, base: &Path, batch: &arrow_array::RecordBatch) -> std::result::Result<Vec<SourceRow>, String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::Array;
+    use arrow_schema::DataType as A;
+    let n = batch.num_rows();
+    let mut images: Vec<Option<std::result::Result<RowImage, String>>> = vec![None; n];
+    let mut batch = batch.clone();
+    if let Some(name) = &src.image_column {
+        let idx = batch.schema().index_of(name).map_err(|_| format!("image column {name:?} is not in the dataset"))?;
+        let column = batch.column(idx).clone();
+        let bytes = |name: &str, b: Option<&[u8]>| b.map(|b| Ok(RowImage::Encoded { name: name.to_string(), bytes: b.to_vec() }));
+        let label = format!("{name} bytes");
+        images = match column.data_type() {
+            A::Utf8 => column.as_string::<i32>().iter().map(|p| p.map(|p| read_image_path(base, p))).collect(),
+            A::LargeUtf8 => column.as_string::<i64>().iter().map(|p| p.map(|p| read_image_path(base, p))).collect(),
+            A::Binary => column.as_binary::<i32>().iter().map(|b| bytes(&label, b)).collect(),
+            A::LargeBinary => column.as_binary::<i64>().iter().map(|b| bytes(&label, b)).collect(),
+            A::Struct(_) => {
+                let s = column.as_struct();
+                let b = s.column_by_name("bytes").ok_or("image struct has no `bytes` field")?;
+                let p = s.column_by_name("path");
+                (0..n)
+                    .map(|i| {
+                        let path = p.and_then(|p| p.as_string_opt::<i32>()).filter(|p| p.is_valid(i)).map(|p| p.value(i));
+                        let data = match b.data_type() {
+                            A::LargeBinary => b.as_binary::<i64>().is_valid(i).then(|| b.as_binary::<i64>().value(i)),
+                            _ => b.as_binary_opt::<i32>().filter(|a| a.is_valid(i)).map(|a| a.value(i)),
+                        };
+                        match (data, path) {
+                            (Some(d), p) => bytes(p.unwrap_or("image bytes"), Some(d)),
+                            (None, Some(p)) => Some(read_image_path(base, p)),
+                            (None, None) => None,
+                        }
+                    })
+                    .collect()
+            }
+            other => return Err(format!("image column {name:?} has type {other}; expected a path, bytes or a {{bytes, path}} struct")),
+        };
+        if !matches!(column.data_type(), A::Utf8 | A::LargeUtf8) {
+            batch.remove_column(idx);
+        }
+    }
+    let mut writer = arrow_json::ArrayWriter::new(Vec::new());
+    writer.write(&batch).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    let buf = writer.into_inner();
+    let objects: Vec<serde_json::Map<String, serde_json::Value>> =
+        if buf.is_empty() { Vec::new() } else { serde_json::from_slice(&buf).map_err(|e| e.to_string())? };
+    Ok(objects.into_iter().zip(images).map(|(columns, image)| make_row(src, columns, image)).collect())
 }
 
 // ---- folders of files ---------------------------------------------------------------

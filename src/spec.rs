@@ -40,6 +40,8 @@ pub enum SourceKind {
     Images,
     /// A folder of PDFs: one row a page, with the rendered page and its text layer.
     Pdfs,
+    /// A Lance dataset (a local directory or an object-store URI).
+    Lance,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,10 +194,11 @@ impl PipelineSpec {
         Ok(spec)
     }
 
-    /// A path from the spec, resolved against the spec's directory.
+    /// A path from the spec, resolved against the spec's directory; URIs (`s3://...`) stay.
     pub fn resolve(&self, p: &str) -> PathBuf {
+        let is_uri = p.contains("://");
         let p = Path::new(p);
-        if p.is_absolute() {
+        if p.is_absolute() || is_uri {
             p.to_path_buf()
         } else {
             self.base_dir.join(p)

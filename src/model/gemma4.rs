@@ -533,6 +533,12 @@ impl Gemma4 {
     /// Log-probability of each candidate continuation after the prompt (no generation).
     /// All candidates run as one batch that shares the prompt.
     pub fn score(&mut self, prompt: &Prepared, candidates: &[String]) -> Result<Vec<CandidateScore>> {
+        Ok(self.score_batch(std::slice::from_ref(prompt), candidates)?.remove(0))
+    }
+
+    /// [`Gemma4::score`] for several prompts in one batch: for each prompt, the
+    /// log-probability of each candidate continuation.
+    pub fn score_batch(&mut self, prompts: &[Prepared], candidates: &[String]) -> Result<Vec<Vec<CandidateScore>>> {
         let cand_ids = candidates
             .iter()
             .map(|c| {
@@ -543,48 +549,60 @@ impl Gemma4 {
                 Ok(ids)
             })
             .collect::<Result<Vec<_>>>()?;
-        if cand_ids.is_empty() {
-            return Ok(Vec::new());
+        if cand_ids.is_empty() || prompts.is_empty() {
+            return Ok(vec![Vec::new(); prompts.len()]);
         }
-        // Single-token candidates need only the prompt's last logits: one row.
+        // Single-token candidates need only the prompt's last logits: one row per prompt.
+        // Otherwise each candidate gets a row: prompt + all its tokens but the last.
         let single = cand_ids.iter().all(|c| c.len() == 1);
-        let rows: Vec<Vec<u32>> = if single {
-            vec![prompt.input_ids.clone()]
-        } else {
-            cand_ids.iter().map(|c| [prompt.input_ids.as_slice(), &c[..c.len() - 1]].concat()).collect()
-        };
+        let per_prompt = if single { 1 } else { cand_ids.len() };
+        let mut rows: Vec<Vec<u32>> = Vec::with_capacity(prompts.len() * per_prompt);
+        for p in prompts {
+            if single {
+                rows.push(p.input_ids.clone());
+            } else {
+                rows.extend(cand_ids.iter().map(|c| [p.input_ids.as_slice(), &c[..c.len() - 1]].concat()));
+            }
+        }
         let row_refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
-        let images: Vec<&PreparedImage> = (0..rows.len()).flat_map(|_| prompt.images.iter()).collect();
+        let images: Vec<&PreparedImage> =
+            prompts.iter().flat_map(|p| (0..per_prompt).flat_map(move |_| p.images.iter())).collect();
         let batch = self.prefill_inputs(&row_refs, &images)?;
-        let (b, len) = (batch.batch, batch.len);
-        let plen = prompt.input_ids.len();
-        let mut scores = vec![0f64; cand_ids.len()];
+        let len = batch.len;
+        let mut scores = vec![vec![0f64; cand_ids.len()]; prompts.len()];
         self.prefill(&batch, |start, logits| {
             let seq = logits.shape[1];
             let v = logits.shape[2];
             let data = logits.as_f32().expect("logits are float");
-            for (ci, cand) in cand_ids.iter().enumerate() {
-                let r = if single { 0 } else { ci };
-                let offset = len - rows[r].len();
-                for (j, &tok) in cand.iter().enumerate() {
-                    if single && j > 0 {
-                        break;
-                    }
-                    // Position predicting cand[j]: the last prompt token, then each candidate token.
-                    let pos = offset + plen - 1 + j;
-                    if pos >= start && pos < start + seq {
-                        let row = &data[(r * seq + pos - start) * v..(r * seq + pos - start + 1) * v];
-                        scores[ci] += sampling::log_prob(row, tok as usize);
+            for (pi, p) in prompts.iter().enumerate() {
+                let plen = p.input_ids.len();
+                for (ci, cand) in cand_ids.iter().enumerate() {
+                    let r = pi * per_prompt + if single { 0 } else { ci };
+                    let offset = len - rows[r].len();
+                    for (j, &tok) in cand.iter().enumerate() {
+                        if single && j > 0 {
+                            break;
+                        }
+                        // Position predicting cand[j]: the last prompt token, then each candidate token.
+                        let pos = offset + plen - 1 + j;
+                        if pos >= start && pos < start + seq {
+                            let row = &data[(r * seq + pos - start) * v..(r * seq + pos - start + 1) * v];
+                            scores[pi][ci] += sampling::log_prob(row, tok as usize);
+                        }
                     }
                 }
             }
         })?;
-        debug_assert!(b >= 1);
-        Ok(candidates
-            .iter()
-            .zip(cand_ids)
-            .zip(scores)
-            .map(|((c, ids), lp)| CandidateScore { candidate: c.clone(), token_ids: ids, logprob: lp })
+        Ok(scores
+            .into_iter()
+            .map(|row| {
+                candidates
+                    .iter()
+                    .zip(&cand_ids)
+                    .zip(row)
+                    .map(|((c, ids), lp)| CandidateScore { candidate: c.clone(), token_ids: ids.clone(), logprob: lp })
+                    .collect()
+            })
             .collect())
     }
 

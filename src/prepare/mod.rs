@@ -2,6 +2,5 @@
 
 pub mod chat;
 pub mod image;
-#[cfg(feature = "pipeline")]
 pub mod pdf;
 mod jpeg;

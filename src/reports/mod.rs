@@ -1,0 +1,217 @@
+//! Reports of evaluation runs: one self-contained HTML file (inline SVG charts, every dataset
+//! string escaped by the template engine's HTML auto-escaping), a Markdown summary fit for a
+//! CI comment, and the JSON record. `compare` renders the deltas between two runs.
+
+use std::fmt::Write;
+
+use crate::evals::record::{Delta, EvalRecord};
+
+const HTML_TEMPLATE: &str = include_str!("../../reports/templates/report.html");
+
+/// Escapes text for HTML and SVG (element content and attribute values).
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A horizontal bar chart; bars may carry an interval (whiskers). Values are clamped to
+/// [min(0, lo), hi] of the data.
+pub fn svg_bars(title: &str, bars: &[(String, f64, Option<(f64, f64)>)]) -> String {
+    let row = 22.0;
+    let label_w = 260.0;
+    let plot_w = 360.0;
+    let height = 30.0 + row * bars.len() as f64 + 20.0;
+    let lo = bars.iter().flat_map(|(_, v, ci)| [*v, ci.map_or(*v, |c| c.0)]).fold(0.0f64, f64::min);
+    let hi = bars.iter().flat_map(|(_, v, ci)| [*v, ci.map_or(*v, |c| c.1)]).fold(1e-9f64, f64::max);
+    let x = |v: f64| label_w + (v - lo) / (hi - lo) * plot_w;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" role="img" aria-label="{t}"><text x="4" y="16" font-weight="bold">{t}</text>"#,
+        w = label_w + plot_w + 80.0,
+        t = escape(title)
+    );
+    let _ = write!(s, r##"<line x1="{0}" y1="24" x2="{0}" y2="{1}" stroke="#888"/>"##, x(0.0), height - 16.0);
+    for (i, (label, v, ci)) in bars.iter().enumerate() {
+        let y = 28.0 + row * i as f64;
+        let (x0, x1) = (x(0.0).min(x(*v)), x(0.0).max(x(*v)));
+        let _ = write!(
+            s,
+            r##"<text x="{lx}" y="{ty}" text-anchor="end" font-size="12">{l}</text><rect x="{x0}" y="{y}" width="{bw}" height="{bh}" fill="{fill}"/><text x="{vx}" y="{ty}" font-size="11">{v:.3}</text>"##,
+            lx = label_w - 6.0,
+            ty = y + 13.0,
+            l = escape(label),
+            bw = (x1 - x0).max(0.5),
+            bh = row - 6.0,
+            fill = if *v < 0.0 { "#c0504d" } else { "#4f81bd" },
+            vx = label_w + plot_w + 6.0,
+        );
+        if let Some((a, b)) = ci {
+            let cy = y + (row - 6.0) / 2.0;
+            let _ = write!(
+                s,
+                r##"<line x1="{a}" y1="{cy}" x2="{b}" y2="{cy}" stroke="#222"/><line x1="{a}" y1="{y0}" x2="{a}" y2="{y1}" stroke="#222"/><line x1="{b}" y1="{y0}" x2="{b}" y2="{y1}" stroke="#222"/>"##,
+                a = x(*a),
+                b = x(*b),
+                y0 = cy - 4.0,
+                y1 = cy + 4.0
+            );
+        }
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// The self-contained HTML report.
+pub fn html(record: &EvalRecord) -> Result<String, String> {
+    let metric_bars: Vec<(String, f64, Option<(f64, f64)>)> = record
+        .metrics
+        .iter()
+        .map(|m| (format!("{} · {}", m.benchmark, m.metric), m.estimate.value, Some((m.estimate.low, m.estimate.high))))
+        .collect();
+    let mut charts = Vec::new();
+    if !metric_bars.is_empty() {
+        charts.push(svg_bars("Metrics (95% bootstrap intervals)", &metric_bars));
+    }
+    for b in &record.breakdowns {
+        let bars: Vec<_> = b.slices.iter().map(|(k, e)| (k.clone(), e.value, Some((e.low, e.high)))).collect();
+        charts.push(svg_bars(&format!("{} · {} by {}", b.benchmark, b.metric, b.column), &bars));
+    }
+    for (set, cats) in &record.bbq {
+        let mut bars = Vec::new();
+        for (cat, s) in cats {
+            if let Some(v) = s.bias_ambiguous {
+                bars.push((format!("{cat} s_AMB"), v, None));
+            }
+            if let Some(v) = s.bias_disambiguated {
+                bars.push((format!("{cat} s_DIS"), v, None));
+            }
+        }
+        if !bars.is_empty() {
+            charts.push(svg_bars(&format!("BBQ bias scores: {set}"), &bars));
+        }
+    }
+    if !record.filter_counts.is_empty() {
+        let bars: Vec<_> = record.filter_counts.iter().map(|(k, v)| (k.clone(), *v as f64, None)).collect();
+        charts.push(svg_bars("Filter decisions", &bars));
+    }
+    let mut env = minijinja::Environment::new();
+    // The name ends in .html: minijinja escapes every interpolated value for HTML.
+    env.add_template("report.html", HTML_TEMPLATE).map_err(|e| e.to_string())?;
+    let tmpl = env.get_template("report.html").map_err(|e| e.to_string())?;
+    let charts: Vec<minijinja::Value> = charts.into_iter().map(minijinja::Value::from_safe_string).collect();
+    tmpl.render(minijinja::context! {
+        r => minijinja::Value::from_serialize(record),
+        charts => charts,
+        failed_gates => record.failed_gates().len(),
+    })
+    .map_err(|e| format!("{e:#}"))
+}
+
+fn md_cell(s: &str) -> String {
+    // Markdown table cells: no pipes, no newlines, no raw HTML.
+    escape(s).replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+/// The Markdown summary (for a CI comment).
+pub fn markdown(record: &EvalRecord) -> String {
+    let mut s = String::new();
+    let failed = record.failed_gates();
+    let _ = writeln!(s, "## Evaluation `{}` — {}\n", md_cell(&record.suite), if failed.is_empty() { "all gates passed" } else { "GATES FAILED" });
+    if !record.metrics.is_empty() {
+        let _ = writeln!(s, "| benchmark | metric | value | 95% CI | n |\n| --- | --- | ---: | --- | ---: |");
+        for m in &record.metrics {
+            let e = m.estimate;
+            let _ = writeln!(s, "| {} | {} | {:.4} | [{:.4}, {:.4}] | {} |", md_cell(&m.benchmark), md_cell(&m.metric), e.value, e.low, e.high, e.n);
+        }
+        s.push('\n');
+    }
+    for (set, cats) in &record.bbq {
+        let _ = writeln!(s, "**BBQ `{}`**\n\n| category | acc (ambig) | acc (disambig) | s_AMB | s_DIS |\n| --- | ---: | ---: | ---: | ---: |", md_cell(set));
+        let f = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
+        for (cat, c) in cats {
+            let _ = writeln!(s, "| {} | {} | {} | {} | {} |", md_cell(cat), f(c.accuracy_ambiguous), f(c.accuracy_disambiguated), f(c.bias_ambiguous), f(c.bias_disambiguated));
+        }
+        s.push('\n');
+    }
+    if let Some(x) = &record.safety {
+        let _ = writeln!(
+            s,
+            "**Safety**: refusal rate {:.3} on {} harmful / {:.3} on {} benign prompts; policy flags {:.3} / {:.3}; PII in outputs {:.3}\n",
+            x.refusal_rate_harmful.value, x.harmful, x.refusal_rate_benign.value, x.benign, x.policy_flag_rate_harmful.value,
+            x.policy_flag_rate_benign.value, x.pii_leak_rate.value
+        );
+    }
+    if !record.counterfactual.is_empty() {
+        let _ = writeln!(s, "| probe | group | n | refusals | flags | mean tokens | p (refusal) | p (flags) | p (length) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for g in &record.counterfactual {
+            let _ = writeln!(s, "| {} | {} | {} | {:.3} | {:.3} | {:.1} | {:.3} | {:.3} | {:.3} |", md_cell(&g.probe), md_cell(&g.group), g.n, g.refusal_rate, g.flag_rate, g.mean_output_tokens, g.refusal_p_value, g.flag_p_value, g.length_p_value);
+        }
+        s.push('\n');
+    }
+    if !record.gates.is_empty() {
+        let _ = writeln!(s, "| gate | rule | value | result |\n| --- | --- | ---: | --- |");
+        for g in &record.gates {
+            let v = g.value.map(|v| format!("{v:.4}")).unwrap_or_else(|| "missing".into());
+            let _ = writeln!(s, "| {} | {} {} | {} | {} |", md_cell(&g.name), g.kind, g.threshold, v, if g.passed { "pass" } else { "**FAIL**" });
+        }
+    }
+    s
+}
+
+/// Markdown for `report --compare`.
+pub fn compare_markdown(a: &EvalRecord, b: &EvalRecord, deltas: &[Delta]) -> String {
+    let mut s = String::new();
+    let regressions = deltas.iter().filter(|d| d.regression).count();
+    let _ = writeln!(s, "## `{}` ({}) vs `{}` ({}): {} regression(s)\n", md_cell(&a.suite), md_cell(&a.run_id), md_cell(&b.suite), md_cell(&b.run_id), regressions);
+    let _ = writeln!(s, "| benchmark | metric | A | B | delta | |\n| --- | --- | ---: | ---: | ---: | --- |");
+    for d in deltas {
+        let mark = if d.regression { "**REGRESSION**" } else if d.improvement { "improved" } else { "" };
+        let _ = writeln!(s, "| {} | {} | {:.4} [{:.4}, {:.4}] | {:.4} [{:.4}, {:.4}] | {:+.4} | {} |", md_cell(&d.benchmark), md_cell(&d.metric), d.a.value, d.a.low, d.a.high, d.b.value, d.b.low, d.b.high, d.delta, mark);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evals::metrics::Estimate;
+    use crate::evals::record::{MetricResult, Sample};
+
+    #[test]
+    fn html_escapes_dataset_strings() {
+        let record = EvalRecord {
+            suite: "t".into(),
+            metrics: vec![MetricResult {
+                benchmark: "<script>alert(1)</script>".into(),
+                metric: "anls".into(),
+                estimate: Estimate { value: 0.5, low: 0.4, high: 0.6, n: 10 },
+            }],
+            samples: vec![Sample {
+                benchmark: "b".into(),
+                input_id: "x".into(),
+                input: "<img src=x onerror=alert(1)>".into(),
+                output: Some("\"quoted\" & <b>".into()),
+                references: vec![],
+                score: Some(1.0),
+                decisions: vec![],
+            }],
+            ..Default::default()
+        };
+        let html = html(&record).unwrap();
+        assert!(!html.contains("<script>alert") && !html.contains("<img src=x"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        let md = markdown(&record);
+        assert!(!md.contains("<script>"));
+    }
+}
