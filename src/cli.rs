@@ -401,13 +401,19 @@ fn filter(args: FilterArgs) -> Result<ExitCode> {
     let source = args.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "stdin".into());
     let mut out = ScreeningPrinter { json: args.json, fired: false, failed: false };
     // Lines are screened in chunks so the policy filter can batch them.
-    let mut chunk: Vec<(usize, String)> = Vec::new();
-    let flush = |chunk: &mut Vec<(usize, String)>, model: &mut Option<crate::model::Gemma4>, out: &mut ScreeningPrinter| -> Result<()> {
-        let mut screenings: Vec<Screening> = chunk.iter().map(|(_, l)| set.screen(l, None)).collect();
-        let mut errors: Vec<Option<String>> = vec![None; chunk.len()];
+    let mut chunk: Vec<Line> = Vec::new();
+    // Each line: its text, or why it could not be read (kept in order with the others).
+    type Line = (usize, std::result::Result<String, String>);
+    let flush = |chunk: &mut Vec<Line>, model: &mut Option<crate::model::Gemma4>, out: &mut ScreeningPrinter| -> Result<()> {
+        let empty = || Screening { text: String::new(), decisions: Vec::new() };
+        let mut screenings: Vec<Screening> =
+            chunk.iter().map(|(_, l)| l.as_ref().map(|l| set.screen(l, None)).unwrap_or_else(|_| empty())).collect();
+        let mut errors: Vec<Option<String>> = chunk.iter().map(|(_, l)| l.as_ref().err().cloned()).collect();
         if let (Some(m), Some(policy)) = (model.as_mut(), set.policy()) {
-            let items: Vec<PolicyItem> = chunk.iter().map(|(_, l)| PolicyItem::Text(l.clone())).collect();
-            for (i, r) in policy.score(m, &items)?.into_iter().enumerate() {
+            let readable: Vec<usize> = (0..chunk.len()).filter(|&i| chunk[i].1.is_ok()).collect();
+            let items: Vec<PolicyItem> =
+                readable.iter().map(|&i| PolicyItem::Text(chunk[i].1.as_ref().cloned().unwrap_or_default())).collect();
+            for (&i, r) in readable.iter().zip(policy.score(m, &items)?) {
                 match r {
                     Ok(scores) => set.add_policy_decisions(&mut screenings[i].decisions, "text", &scores, None),
                     Err(e) => errors[i] = Some(e),
@@ -415,20 +421,14 @@ fn filter(args: FilterArgs) -> Result<ExitCode> {
             }
         }
         for (((n, line), s), e) in chunk.drain(..).zip(screenings).zip(errors) {
-            out.print(format!("{source}:{n}"), Some(&line), &s, e);
+            out.print(format!("{source}:{n}"), line.as_deref().ok(), &s, e);
         }
         Ok(())
     };
     for (i, line) in reader.split(b'\n').enumerate() {
         let bytes = line.with_context(|| format!("reading {source}"))?;
         let n = i + 1;
-        match String::from_utf8(bytes) {
-            Ok(l) => chunk.push((n, l.trim_end_matches('\r').to_string())),
-            Err(e) => {
-                let empty = Screening { text: String::new(), decisions: Vec::new() };
-                out.print(format!("{source}:{n}"), None, &empty, Some(format!("not valid UTF-8 ({e})")));
-            }
-        }
+        chunk.push((n, String::from_utf8(bytes).map(|l| l.trim_end_matches('\r').to_string()).map_err(|e| format!("not valid UTF-8 ({e})"))));
         if chunk.len() >= 64 {
             flush(&mut chunk, &mut model, &mut out)?;
         }

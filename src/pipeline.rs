@@ -513,6 +513,23 @@ pub fn run(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSummary> {
 }
 
 async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSummary> {
+    // Ctrl-C (SIGINT): finish the batch in flight, commit, exit resumable; a second one aborts.
+    // Registered first, so an interrupt at any later moment is handled.
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| Error::Sink(format!("installing the Ctrl-C handler: {e}")))?;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if interrupts.recv().await.is_some() {
+                eprintln!("\ngemma-batch: interrupted; finishing the batch in flight and committing (Ctrl-C again to abort)");
+                stop.store(true, Ordering::SeqCst);
+                if interrupts.recv().await.is_some() {
+                    std::process::exit(130);
+                }
+            }
+        });
+    }
     let started = Instant::now();
     let started_ms = now_ms();
     let run_id = hex(&[&spec.name, &started_ms.to_string(), &std::process::id().to_string()])[..16].to_string();
@@ -579,20 +596,6 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         done.extend(pending_keys(txn)?);
     }
     let done = Arc::new(done);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\ngemma-batch: interrupted; finishing the batch in flight and committing (Ctrl-C again to abort)");
-                stop.store(true, Ordering::SeqCst);
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(130);
-                }
-            }
-        });
-    }
 
     let batch_size = spec.model.batch_size;
     let (item_tx, item_rx) = mpsc::channel::<WorkItem>(batch_size * 2);
