@@ -330,6 +330,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 s.index, s.count, args.spec.display()),
             (None, None) => println!("results: {} (nothing new to commit)", summary.results),
         }
+        println!("run records: {} (spec, versions, start/end and counts of every run)", summary.runs);
         if summary.quarantined > 0 {
             println!("quarantine: {} ({} rows this run)", summary.quarantine, summary.quarantined);
         }

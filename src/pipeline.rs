@@ -102,6 +102,8 @@ pub struct RunSummary {
     pub version: Option<u64>,
     pub results: String,
     pub quarantine: String,
+    /// The run records (spec, versions, start/end, counts of every run).
+    pub runs: String,
     /// The content hash of the model files (the rows of this model carry it).
     pub model_hash: String,
     pub elapsed_s: f64,
@@ -337,6 +339,14 @@ fn image_source(img: &RowImage) -> ImageSource {
     }
 }
 
+/// One thing the policy filter looks at for a row.
+struct PolicyPart {
+    what: &'static str,
+    item: PolicyItem,
+    /// Parts with a key are scored once per run (a row's image, shared by its tasks).
+    key: Option<String>,
+}
+
 /// The model stage: input policy filter, generation, output filters.
 struct ModelStage {
     tasks: Vec<TaskSpec>,
@@ -345,6 +355,7 @@ struct ModelStage {
     row_tx: mpsc::Sender<ResultRow>,
     /// A separate model for the policy filter, when the filter set names one.
     policy_model: Option<Gemma4>,
+    policy_cache: HashMap<String, std::result::Result<Vec<f64>, String>>,
 }
 
 impl ModelStage {
@@ -352,34 +363,67 @@ impl ModelStage {
         self.row_tx.blocking_send(r).is_ok()
     }
 
-    /// Scores items with a set's policy filter; one result per item (decisions or an error).
+    /// Scores items with a set's policy filter; one result per row (decisions or an error).
+    /// Each row has parts ("text"/"image", item, cache key); parts with a key (a row's image,
+    /// shared by all the row's tasks) are scored once per run.
     fn policy_decisions(
         &mut self,
         model: &mut Gemma4,
         set: &FilterSet,
-        items: Vec<Vec<(&'static str, PolicyItem)>>,
+        rows: Vec<Vec<PolicyPart>>,
         stage: Stage,
     ) -> Vec<std::result::Result<Vec<Decision>, String>> {
-        let Some(policy) = set.policy() else { return items.iter().map(|_| Ok(Vec::new())).collect() };
-        let flat: Vec<PolicyItem> = items.iter().flatten().map(|(_, i)| i.clone()).collect();
-        let pm = self.policy_model.as_mut().unwrap_or(model);
-        let scores = match policy.score(pm, &flat) {
-            Ok(s) => s,
-            Err(e) => return items.iter().map(|_| Err(format!("policy filter: {e}"))).collect(),
-        };
-        let mut scores = scores.into_iter();
-        items
-            .iter()
-            .map(|parts| {
-                let mut decisions = Vec::new();
-                let mut error = None;
-                for (what, _) in parts {
-                    match scores.next().expect("one score per item") {
-                        Ok(s) => set.add_policy_decisions(&mut decisions, what, &s, Some(stage)),
-                        Err(e) => error = Some(format!("policy filter ({what}): {e}")),
+        let Some(policy) = set.policy() else { return rows.iter().map(|_| Ok(Vec::new())).collect() };
+        // What must be scored now: uncached parts, each cache key once.
+        let mut todo: Vec<PolicyItem> = Vec::new();
+        let mut slot: Vec<Vec<usize>> = Vec::with_capacity(rows.len());
+        let mut keyed: HashMap<String, usize> = HashMap::new();
+        for parts in &rows {
+            let mut s = Vec::with_capacity(parts.len());
+            for part in parts {
+                match &part.key {
+                    Some(k) if self.policy_cache.contains_key(k) => s.push(usize::MAX),
+                    Some(k) => {
+                        let i = *keyed.entry(k.clone()).or_insert_with(|| {
+                            todo.push(part.item.clone());
+                            todo.len() - 1
+                        });
+                        s.push(i);
+                    }
+                    None => {
+                        todo.push(part.item.clone());
+                        s.push(todo.len() - 1);
                     }
                 }
-                error.map_or(Ok(decisions), Err)
+            }
+            slot.push(s);
+        }
+        let pm = self.policy_model.as_mut().unwrap_or(model);
+        let scores = match policy.score(pm, &todo) {
+            Ok(s) => s,
+            Err(e) => return rows.iter().map(|_| Err(format!("policy filter: {e}"))).collect(),
+        };
+        if self.policy_cache.len() > 4096 {
+            self.policy_cache.clear();
+        }
+        for (k, &i) in &keyed {
+            self.policy_cache.insert(k.clone(), scores[i].clone());
+        }
+        rows.iter()
+            .zip(slot)
+            .map(|(parts, s)| {
+                let mut decisions = Vec::new();
+                for (part, i) in parts.iter().zip(s) {
+                    let score = match &part.key {
+                        Some(k) if i == usize::MAX => self.policy_cache[k].clone(),
+                        _ => scores[i].clone(),
+                    };
+                    match score {
+                        Ok(sc) => set.add_policy_decisions(&mut decisions, part.what, &sc, Some(stage)),
+                        Err(e) => return Err(format!("policy filter ({}): {e}", part.what)),
+                    }
+                }
+                Ok(decisions)
             })
             .collect()
     }
@@ -394,9 +438,10 @@ impl ModelStage {
             let items = batch
                 .iter()
                 .map(|p| {
-                    let mut parts = vec![("text", PolicyItem::Text(p.item.prompt.clone()))];
+                    let mut parts = vec![PolicyPart { what: "text", item: PolicyItem::Text(p.item.prompt.clone()), key: None }];
                     if let Some(img) = &p.item.image {
-                        parts.push(("image", PolicyItem::Image(image_source(img))));
+                        let key = Some(format!("image:{}", p.item.content_hash));
+                        parts.push(PolicyPart { what: "image", item: PolicyItem::Image(image_source(img)), key });
                     }
                     parts
                 })
@@ -464,7 +509,8 @@ impl ModelStage {
                 *decisions = d;
             }
             if set.policy().is_some() {
-                let items = outputs.iter().map(|(t, _)| vec![("text", PolicyItem::Text(t.clone()))]).collect();
+                let items =
+                    outputs.iter().map(|(t, _)| vec![PolicyPart { what: "text", item: PolicyItem::Text(t.clone()), key: None }]).collect();
                 for (i, result) in self.policy_decisions(model, &set, items, Stage::Output).into_iter().enumerate() {
                     match result {
                         Ok(d) => outputs[i].1.extend(d),
@@ -743,6 +789,7 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
             filters: filters.clone(),
             row_tx: row_tx.clone(),
             policy_model,
+            policy_cache: HashMap::new(),
         };
         let mut prep_rx = prep_rx;
         let mut model = model;
@@ -826,6 +873,7 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         version,
         results: layout.results(),
         quarantine: layout.quarantine(),
+        runs: layout.runs(),
         model_hash: provenance.model_hash.clone(),
         elapsed_s: started.elapsed().as_secs_f64(),
         by_task: Vec::new(),

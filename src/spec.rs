@@ -183,6 +183,22 @@ fn default_commit_every() -> usize {
     64
 }
 
+/// `a/b/../c` -> `a/c`, lexically (the path may not exist yet), for readable messages.
+pub fn clean(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
+}
+
 impl PipelineSpec {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -201,7 +217,7 @@ impl PipelineSpec {
         if p.is_absolute() || is_uri {
             p.to_path_buf()
         } else {
-            self.base_dir.join(p)
+            clean(&self.base_dir.join(p))
         }
     }
 

@@ -114,11 +114,19 @@ pub fn scan(text: &str) -> Vec<Finding> {
             push(&mut out, "jwt", m.start(), m.end(), 0.9, None);
         }
     }
+    // Spans the format rules found, sorted, to skip assignments they already cover (a binary
+    // search, so long inputs stay linear).
+    let mut covered: Vec<(usize, usize)> = out.iter().map(|f| (f.start, f.end)).collect();
+    covered.sort_unstable();
+    let mut max_end = 0;
+    let reach: Vec<usize> = covered.iter().map(|&(_, e)| { max_end = max_end.max(e); max_end }).collect();
     for c in ASSIGNMENT.captures_iter(text) {
         let (name, value) = (c.get(1).expect("group"), c.get(2).expect("group"));
         let v = value.as_str().trim_end_matches(['.', '=']);
         let end = value.start() + v.len();
-        if out.iter().any(|f| f.start < end && value.start() < f.end) {
+        // Spans starting before `end` whose furthest end passes the value's start overlap it.
+        let before = covered.partition_point(|&(s, _)| s < end);
+        if before > 0 && reach[before - 1] > value.start() {
             continue; // already found by a format rule
         }
         if v.len() < 16 || placeholder(v) || v.chars().all(|c| c.is_ascii_digit()) {
