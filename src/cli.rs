@@ -263,7 +263,16 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The chain of causes, each once (typed errors often show their source inline).
+            let mut message = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !message.contains(&c) {
+                    message.push_str(": ");
+                    message.push_str(&c);
+                }
+            }
+            eprintln!("error: {message}");
             ExitCode::from(2)
         }
     }

@@ -193,7 +193,9 @@ impl SuiteSpec {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let err = |message: String| Error::Spec { path: path.to_path_buf(), message };
         let mut s: SuiteSpec = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-        s.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Absolute: the pipeline specs generated under the sink resolve paths from elsewhere.
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        s.base_dir = crate::spec::clean(&std::path::absolute(parent).map_err(|e| Error::io(parent, e))?);
         if s.benchmark.is_empty() && s.bbq.is_empty() && s.counterfactual.is_empty() && s.safety.is_none() {
             return Err(err("nothing to evaluate: add [[benchmark]], [[bbq]], [[counterfactual]] or [safety]".into()));
         }
@@ -221,7 +223,7 @@ impl SuiteSpec {
 
     fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() { p.to_path_buf() } else { crate::spec::clean(&self.base_dir.join(p)) }
     }
 
     pub fn reports_dir(&self) -> PathBuf {
@@ -364,7 +366,8 @@ fn sample(benchmark: &str, id: &str, r: &ResultItem, references: Vec<String>, sc
 
 /// Picks the sample rows: those where a filter fired first, then the rest, in id order.
 fn pick_samples(mut samples: Vec<Sample>, n: usize) -> Vec<Sample> {
-    samples.sort_by(|a, b| b.decisions.is_empty().cmp(&a.decisions.is_empty()).reverse().then(a.input_id.cmp(&b.input_id)));
+    // false < true: rows with decisions sort first.
+    samples.sort_by(|a, b| a.decisions.is_empty().cmp(&b.decisions.is_empty()).then(a.input_id.cmp(&b.input_id)));
     samples.truncate(n);
     samples
 }
@@ -389,7 +392,7 @@ pub fn run(suite: &SuiteSpec, options: &RunOptions) -> Result<EvalRecord> {
         let results = read_results(&spec, &summary.model_hash)?;
         count_decisions(&results);
         if record.provenance.is_null() {
-            record.provenance = serde_json::json!({"model_hash": summary.model_hash, "model_id": spec.model.dir, "backend": format!("{:?}", spec.model.backend).to_lowercase(), "device": format!("{:?}", spec.model.device).to_lowercase(), "dtype": spec.model.dtype.name(), "gemma_batch": env!("CARGO_PKG_VERSION")});
+            record.provenance = serde_json::json!({"model_hash": summary.model_hash, "model_id": Path::new(&spec.model.dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), "backend": format!("{:?}", spec.model.backend).to_lowercase(), "device": format!("{:?}", spec.model.device).to_lowercase(), "dtype": spec.model.dtype.name(), "gemma_batch": env!("CARGO_PKG_VERSION")});
         }
         score_benchmark(suite, b, &labels, &results, &mut record)?;
     }
