@@ -143,3 +143,60 @@ fn eval_writes_reports_gates_fail_loudly_and_html_is_inert() {
     assert!(out.status.success());
     assert!(tmp.path().join("again/report.html").is_file());
 }
+
+#[test]
+fn docvqa_json_and_multiple_choice_benchmarks_load_and_score() {
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = repo().join("datasets/docs");
+    // DocVQA layout: image paths relative to the JSON file.
+    std::fs::create_dir(tmp.path().join("documents")).unwrap();
+    for i in 0..3 {
+        std::fs::copy(docs.join(format!("receipt_00{i}.png")), tmp.path().join(format!("documents/r{i}.png"))).unwrap();
+    }
+    let docvqa = serde_json::json!({"dataset_name": "docvqa", "dataset_split": "val", "data": (0..3).map(|i| serde_json::json!({
+        "questionId": 1000 + i, "question": "What is the total?", "answers": ["12.00", "12"], "image": format!("documents/r{i}.png"),
+    })).collect::<Vec<_>>()});
+    std::fs::write(tmp.path().join("val.json"), docvqa.to_string()).unwrap();
+    let mc: String = (0..4)
+        .map(|i| serde_json::json!({"id": format!("m{i}"), "question": "Which is a colour?", "options": ["red", "seven", "table"], "label": 0}).to_string() + "\n")
+        .collect();
+    std::fs::write(tmp.path().join("mc.jsonl"), mc).unwrap();
+    let suite = format!(
+        r#"name = "formats"
+[model]
+dir = "{model}"
+device = "cpu"
+[sink]
+dir = "out"
+[[benchmark]]
+name = "docvqa"
+format = "docvqa"
+path = "val.json"
+question_column = "question"
+image_column = "image"
+metrics = ["anls"]
+max_new_tokens = 3
+[[benchmark]]
+name = "mc"
+format = "jsonl"
+path = "mc.jsonl"
+id_column = "id"
+question_column = "question"
+options_column = "options"
+label_column = "label"
+metrics = ["multiple_choice"]
+max_new_tokens = 2
+"#,
+        model = repo().join("models/tiny-gemma4").display()
+    );
+    std::fs::write(tmp.path().join("suite.toml"), suite).unwrap();
+    let out = bin().arg("eval").arg(tmp.path().join("suite.toml")).arg("--quiet").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("out/report/record.json")).unwrap()).unwrap();
+    let n = |b: &str| record["metrics"].as_array().unwrap().iter().find(|m| m["benchmark"] == b).unwrap()["estimate"]["n"].clone();
+    assert_eq!(n("docvqa"), 3);
+    assert_eq!(n("mc"), 4);
+    // The multiple-choice prompt lists the options with letters.
+    let sample = record["samples"].as_array().unwrap().iter().find(|s| s["benchmark"] == "mc").unwrap();
+    assert!(sample["input"].as_str().unwrap().contains("A. red\nB. seven\nC. table"), "{sample}");
+}
