@@ -537,6 +537,37 @@ mod tests {
     }
 
     #[test]
+    fn caption_metric_edge_cases() {
+        // Empty prediction: no n-grams, BLEU 0, ROUGE-L 0, CIDEr-D 0.
+        let st = bleu_stats("", &s(&["a cat"]));
+        assert_eq!((st.candidate_len, st.matches[0]), (0, 0));
+        close(bleu4(&[st]), 0.0);
+        close(rouge_l("", &s(&["a cat"])), 0.0);
+        close(cider_d(&s(&[""]), &[s(&["a cat"])])[0], 0.0);
+        // Several references: ROUGE-L takes the best precision and recall; casing and
+        // punctuation do not count.
+        let r = rouge_l("A Cat, sat!", &s(&["a dog ran", "the cat sat"]));
+        let (p, rc) = (2.0 / 3.0, 2.0 / 3.0); // LCS "cat sat" = 2 of 3 either way
+        close(r, (1.0 + 1.44) * p * rc / (rc + 1.44 * p));
+        // BLEU clips against the largest count in any single reference.
+        let st = bleu_stats("the the", &s(&["the cat", "the the dog"]));
+        assert_eq!(st.matches[0], 2);
+        // Unicode tokens survive tokenisation.
+        assert_eq!(caption_tokens("Ein Bär, café!"), ["ein", "bär", "café"]);
+    }
+
+    #[test]
+    fn anls_threshold_edge_and_numbers() {
+        // Exactly at the threshold gets nothing: "ab" vs "cd" is NL 1; "abcd" vs "abxy" is 0.5.
+        close(anls("abxy", &s(&["abcd"]), 0.5), 0.0);
+        close(anls("abcx", &s(&["abcd"]), 0.5), 0.75);
+        // Numbers are compared as text.
+        close(anls("1,000", &s(&["1000"]), 0.5), 0.8);
+        // Empty prediction and empty reference: identical.
+        close(anls("", &s(&[""]), 0.5), 1.0);
+    }
+
+    #[test]
     fn cider_d_basics() {
         let cands = s(&["a dog runs on the grass", "a red car"]);
         let refs = vec![s(&["a dog runs on the grass", "a dog is running"]), s(&["a blue bus", "a bus on a road"])];
