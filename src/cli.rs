@@ -19,8 +19,9 @@ use crate::model::{
     after_help = "Examples:\n  \
         gemma-batch run pipelines/demo.toml\n  \
         gemma-batch run pipelines/demo.toml --shard 0/4 && gemma-batch commit pipelines/demo.toml\n  \
-        gemma-batch generate --model models/tiny-gemma4 --prompt \"Describe this image.\" --image photo.png\n  \
-        gemma-batch generate --model models/tiny-gemma4 --backend tract --prompt \"Hello\" --json"
+        echo \"mail jane@example.org\" | gemma-batch filter --set default --no-policy\n  \
+        gemma-batch eval evals/demo.toml && gemma-batch report --compare OLD/record.json runs/eval-demo/report\n  \
+        gemma-batch generate --model models/tiny-gemma4 --prompt \"Describe this image.\" --image photo.png"
 )]
 struct Cli {
     #[command(subcommand)]
