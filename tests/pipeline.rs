@@ -458,3 +458,44 @@ fn ctrl_c_finishes_the_batch_commits_and_exits_resumable() {
     assert_eq!(summary(&out)["skipped"].as_u64(), Some(partial.len() as u64));
     assert_eq!(committed(tmp.path()).len(), 400);
 }
+
+#[test]
+fn hugging_face_parquet_export_with_image_structs() {
+    use polars::prelude::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = repo().join("datasets/photos");
+    let png = std::fs::read(photos.join("photo_000.png")).unwrap();
+    std::fs::copy(photos.join("photo_001.png"), tmp.path().join("photo_001.png")).unwrap();
+    // As `datasets` exports them: {bytes, path}; bytes may be null (then the path is read,
+    // relative to the Parquet file).
+    let bytes: Vec<Option<Vec<u8>>> = vec![Some(png.clone()), None, Some(b"not an image".to_vec())];
+    let df = df!(
+        "id" => ["a", "b", "c"],
+        "question" => ["What colour is the background?", "How many shapes are there?", "What is this?"],
+        "bytes" => bytes.iter().map(|b| b.as_deref()).collect::<Vec<_>>(),
+        "path" => [Some("photo_000.png"), Some("photo_001.png"), None],
+    )
+    .unwrap();
+    let mut df = df
+        .lazy()
+        .select([col("id"), col("question"), as_struct(vec![col("bytes"), col("path")]).alias("image")])
+        .collect()
+        .unwrap();
+    let file = std::fs::File::create(tmp.path().join("train.parquet")).unwrap();
+    ParquetWriter::new(file).finish(&mut df).unwrap();
+
+    let source = format!(
+        "[source]\nkind = \"hf_parquet\"\npath = \"{}\"\nid_column = \"id\"\nimage_column = \"image\"\n",
+        tmp.path().join("train.parquet").display()
+    );
+    let tasks = "[[task]]\nname = \"qa\"\nkind = \"vqa\"\nquestion_column = \"question\"\nmax_new_tokens = 4\n";
+    let spec = write_spec(tmp.path(), &source, tasks, "");
+    let out = run(&spec, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    assert_eq!((s["done"].as_u64(), s["failed"].as_u64()), (Some(2), Some(1)));
+    let rows = committed(tmp.path());
+    let failed: Vec<&String> = rows.values().filter_map(|(_, e)| e.as_ref()).collect();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].contains("image"), "{failed:?}");
+}
