@@ -299,14 +299,9 @@ impl Filters {
     /// Looks sets up by name in `filters/` next to the spec, one level up (a project's
     /// `pipelines/` and `filters/` side by side), then in the working directory.
     fn load(spec: &PipelineSpec) -> Result<Filters> {
-        let dirs = [spec.base_dir.join("filters"), spec.base_dir.join("..").join("filters"), PathBuf::from("filters")];
         let load = |name: &Option<String>| -> Result<Option<Arc<FilterSet>>> {
             match name {
-                Some(n) => {
-                    let path = crate::filters::resolve_set(n, &dirs)?;
-                    let path = if path.is_relative() && !path.exists() { spec.base_dir.join(&path) } else { path };
-                    Ok(Some(Arc::new(FilterSet::load(&path)?)))
-                }
+                Some(n) => Ok(Some(Arc::new(FilterSet::load(&crate::filters::find_set(n, &spec.base_dir)?)?))),
                 None => Ok(None),
             }
         };
@@ -593,6 +588,8 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         max_image_pixels: spec.model.max_image_pixels,
         ..ModelOptions::default()
     };
+    // A policy model named by a filter set runs like the main one, in its default variant.
+    let policy_options = ModelOptions { variant: ModelOptions::default().variant, ..model_options.clone() };
     let md = model_dir.clone();
     let model = tokio::task::spawn_blocking(move || Gemma4::load(&md, &model_options))
         .await
@@ -604,12 +601,7 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
     let filters = Filters::load(spec)?;
     let policy_model = match filters.policy_model_dir() {
         Some(dir) if dir != model_dir => {
-            let opts = ModelOptions {
-                backend: BackendOptions { kind: spec.model.backend, device: spec.model.device, threads: spec.model.threads },
-                max_image_pixels: spec.model.max_image_pixels,
-                ..ModelOptions::default()
-            };
-            Some(tokio::task::spawn_blocking(move || Gemma4::load(&dir, &opts)).await.map_err(|e| Error::Sink(e.to_string()))??)
+            Some(tokio::task::spawn_blocking(move || Gemma4::load(&dir, &policy_options)).await.map_err(|e| Error::Sink(e.to_string()))??)
         }
         _ => None,
     };

@@ -262,8 +262,8 @@ fn run_part(suite: &SuiteSpec, part: &str, source: toml::Table, task: toml::Tabl
         // Filter sets by name are looked up from the suite's directory.
         for stage in ["input", "output"] {
             if let Some(toml::Value::String(n)) = f.get(stage) {
-                let found = crate::filters::resolve_set(n, &[suite.base_dir.join("filters"), suite.base_dir.join("../filters"), PathBuf::from("filters")])?;
-                let abs = if found.is_relative() { std::env::current_dir().map(|c| c.join(&found)).unwrap_or(found) } else { found };
+                let found = crate::filters::find_set(n, &suite.base_dir)?;
+                let abs = std::path::absolute(&found).map_err(|e| Error::io(&found, e))?;
                 f.insert(stage.into(), abs.display().to_string().into());
             }
         }
@@ -515,9 +515,23 @@ fn run_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, options: &RunOptions) -> 
         task.insert("system".into(), s.clone().into());
     }
     let (spec, summary) = run_part(suite, &b.name, source, task, options)?;
-    // Labels: the same source, read again (only the id and label columns are used).
+    // Labels: the same source, read again for the id and label columns only (no images).
+    let mut label_spec = spec.clone();
+    // Reference answers are needed by every metric but multiple choice.
+    let needs_answers = b.metrics.iter().any(|m| *m != MetricName::MultipleChoice);
+    let answers = needs_answers.then_some(&b.answers_column);
+    let wanted = [answers, b.options_column.as_ref(), b.label_column.as_ref()].into_iter().flatten();
+    let mut columns: Vec<String> = Vec::new();
+    for c in wanted.chain(&b.breakdown) {
+        if !columns.contains(c) {
+            columns.push(c.clone());
+        }
+    }
+    label_spec.source.columns = Some(columns);
+    label_spec.source.image_column = None;
+    label_spec.source.text_column = None;
     let mut labels = Vec::new();
-    for batch in crate::source::open(&spec)? {
+    for batch in crate::source::open(&label_spec)? {
         for row in batch? {
             labels.push((row.input_id.clone(), row.columns));
         }

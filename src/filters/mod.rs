@@ -166,7 +166,7 @@ struct SetFile {
     #[serde(default)]
     description: Option<String>,
     pii: Option<PiiConfig>,
-    secrets: Option<SecretsConfig>,
+    secrets: Option<Thresholded>,
     blocklist: Option<BlocklistConfig>,
     injection: Option<InjectionConfig>,
     policy: Option<policy::PolicyConfig>,
@@ -182,17 +182,6 @@ struct PiiConfig {
     #[serde(default = "redact")]
     action: Action,
     /// Per-type action overrides, e.g. `card = "mask"`.
-    #[serde(default)]
-    actions: BTreeMap<String, Action>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SecretsConfig {
-    #[serde(default = "default_threshold")]
-    threshold: f64,
-    #[serde(default = "redact")]
-    action: Action,
     #[serde(default)]
     actions: BTreeMap<String, Action>,
 }
@@ -231,9 +220,15 @@ struct InjectionConfig {
 
 // ------------------------------------------------------------------ the loaded set
 
+/// A threshold, a default action and per-rule overrides (`[secrets]` is exactly this).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Thresholded {
+    #[serde(default = "default_threshold")]
     threshold: f64,
+    #[serde(default = "redact")]
     action: Action,
+    #[serde(default)]
     actions: BTreeMap<String, Action>,
 }
 
@@ -281,6 +276,15 @@ pub fn resolve_set(name: &str, dirs: &[PathBuf]) -> Result<PathBuf> {
     Err(Error::Filter { path: PathBuf::from(name), message: format!("no filter set named {name:?} (looked for {})", looked.join(", ")) })
 }
 
+/// Finds the filter set a spec in `base` names: a path (relative to `base` when it exists
+/// there, else to the working directory) if it looks like one, else `NAME.toml` in
+/// `base/filters`, `base/../filters`, then `./filters`.
+pub fn find_set(name: &str, base: &Path) -> Result<PathBuf> {
+    let dirs = [base.join("filters"), base.join("..").join("filters"), PathBuf::from("filters")];
+    let path = resolve_set(name, &dirs)?;
+    Ok(if path.is_relative() && !path.exists() { base.join(&path) } else { path })
+}
+
 fn check_threshold(path: &Path, what: &str, t: f64) -> Result<()> {
     if !(0.0..=1.0).contains(&t) {
         return Err(Error::Filter { path: path.to_path_buf(), message: format!("{what}.threshold {t} is not in [0, 1]") });
@@ -307,13 +311,10 @@ impl FilterSet {
             }
             None => None,
         };
-        let secrets = match file.secrets {
-            Some(c) => {
-                check_threshold(path, "secrets", c.threshold)?;
-                Some(Thresholded { threshold: c.threshold, action: c.action, actions: c.actions })
-            }
-            None => None,
-        };
+        if let Some(c) = &file.secrets {
+            check_threshold(path, "secrets", c.threshold)?;
+        }
+        let secrets = file.secrets;
         let blocklist = match file.blocklist {
             Some(c) => {
                 let lists = c
