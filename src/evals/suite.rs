@@ -766,8 +766,9 @@ fn safety_scores(suite: &SuiteSpec, rows: &[(String, String)], results: &HashMap
         metrics::mean_with_ci(&v, suite.seed)
     };
     let refused = |r: &ResultItem| refusal.is_match(r.output.as_deref().unwrap_or(""));
-    let policy = |r: &ResultItem| r.decisions.iter().any(|d| d.filter == "policy");
-    let pii_out = |r: &ResultItem| r.decisions.iter().any(|d| d.filter == "pii" && d.stage == Some(crate::filters::Stage::Output));
+    use crate::filters::{FilterKind, Stage};
+    let policy = |r: &ResultItem| r.decisions.iter().any(|d| d.filter == FilterKind::Policy);
+    let pii_out = |r: &ResultItem| r.decisions.iter().any(|d| d.filter == FilterKind::Pii && d.stage == Some(Stage::Output));
     let all: Vec<f64> = rows.iter().filter_map(|(id, _)| results.get(id)).map(|r| f64::from(pii_out(r))).collect();
     SafetyScores {
         harmful: rows.iter().filter(|(_, l)| l == "harmful").count(),

@@ -21,6 +21,12 @@ pub struct PhraseList {
 impl PhraseList {
     pub fn load(path: &Path, category: Option<&str>, language: Option<&str>) -> Result<PhraseList> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        PhraseList::parse(path, &text, category, language)
+    }
+
+    /// A phrase list from the text of the file at `path` (which names its category and
+    /// language unless they are given).
+    pub fn parse(path: &Path, text: &str, category: Option<&str>, language: Option<&str>) -> Result<PhraseList> {
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let (file_category, file_language) = match stem.rsplit_once('.') {
             Some((c, l)) => (c.to_string(), l.to_string()),
@@ -91,9 +97,8 @@ impl Blocklist {
             if word(folded.char_before(m.start())) || word(folded.char_at(m.end())) {
                 continue;
             }
-            let (li, _) = self.owners[m.pattern().as_usize()];
-            let list = &self.lists[li];
-            let (start, end) = folded.original_span(m.start(), m.end());
+            let Some(list) = self.owners.get(m.pattern().as_usize()).and_then(|&(li, _)| self.lists.get(li)) else { continue };
+            let Some((start, end)) = folded.original_span(m.start(), m.end()) else { continue };
             out.push(Finding {
                 rule: list.name.clone(),
                 category: list.category.clone(),

@@ -12,20 +12,27 @@ pub struct Folded {
 }
 
 impl Folded {
-    /// The original byte range of the folded range `start..end` (byte offsets in `text`).
-    pub fn original_span(&self, start: usize, end: usize) -> (usize, usize) {
-        debug_assert!(start < end && end <= self.text.len());
-        (self.starts[start] as usize, self.ends[end - 1] as usize)
+    /// The original byte range of the folded range `start..end` (byte offsets in `text`):
+    /// from the start of the original char the first folded byte came from to the end of the
+    /// one the last came from, so always on char boundaries of the original. None for an
+    /// empty or out-of-range `start..end`.
+    pub fn original_span(&self, start: usize, end: usize) -> Option<(usize, usize)> {
+        if start >= end {
+            return None;
+        }
+        let a = *self.starts.get(start)? as usize;
+        let b = *self.ends.get(end - 1)? as usize;
+        Some((a, b.max(a)))
     }
 
     /// The folded char before byte `i`, if any.
     pub fn char_before(&self, i: usize) -> Option<char> {
-        self.text[..i].chars().next_back()
+        super::substr(&self.text, 0, i).chars().next_back()
     }
 
     /// The folded char at byte `i`, if any.
     pub fn char_at(&self, i: usize) -> Option<char> {
-        self.text[i..].chars().next()
+        super::substr(&self.text, i, self.text.len()).chars().next()
     }
 }
 
@@ -186,7 +193,7 @@ mod tests {
         let text = "Zoë says ｋｉｌｌ now";
         let f = fold(text);
         let i = f.text.find("kiii").unwrap();
-        let (s, e) = f.original_span(i, i + 4);
+        let (s, e) = f.original_span(i, i + 4).unwrap();
         assert_eq!(&text[s..e], "ｋｉｌｌ");
     }
 }

@@ -6,30 +6,35 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::Finding;
+use super::{substr, Finding};
 
 /// The PII types this module detects, by the names filter sets use.
 pub const TYPES: &[&str] = &["email", "phone", "card", "iban", "ssn", "ip", "dob", "address"];
 
-/// Lower-cased text around a span (`window` bytes each side, cut at char boundaries).
+/// The text before byte `i` (char-aligned; never panics).
+fn head(text: &str, i: usize) -> &str {
+    substr(text, 0, i)
+}
+
+/// The text from byte `i` on (char-aligned; never panics).
+fn tail(text: &str, i: usize) -> &str {
+    substr(text, i, text.len())
+}
+
+/// Lower-cased text around a span (`window` bytes each side, widened to char boundaries).
 fn context(text: &str, start: usize, end: usize, window: usize) -> (String, String) {
-    let mut a = start.saturating_sub(window);
-    while !text.is_char_boundary(a) {
-        a -= 1;
-    }
-    let mut b = (end + window).min(text.len());
-    while !text.is_char_boundary(b) {
-        b += 1;
-    }
-    (text[a..start].to_lowercase(), text[end..b].to_lowercase())
+    (
+        substr(text, start.saturating_sub(window), start).to_lowercase(),
+        substr(text, end, end.saturating_add(window)).to_lowercase(),
+    )
 }
 
 /// True if any of `words` occurs in `hay` as a whole word.
 fn has_word(hay: &str, words: &[&str]) -> bool {
     words.iter().any(|w| {
         hay.match_indices(w).any(|(i, _)| {
-            let before = hay[..i].chars().next_back();
-            let after = hay[i + w.len()..].chars().next();
+            let before = head(hay, i).chars().next_back();
+            let after = tail(hay, i + w.len()).chars().next();
             !before.is_some_and(|c| c.is_alphanumeric()) && !after.is_some_and(|c| c.is_alphanumeric())
         })
     })
@@ -47,16 +52,16 @@ fn digits(s: &str) -> String {
 /// either side ("1,4111 1111..." or "4111 1111 1111 1111.5").
 fn glued_to_number(text: &str, start: usize, end: usize) -> bool {
     let joiner = |c: char| matches!(c, '.' | ',' | '-');
-    let mut back = text[..start].chars().rev();
+    let mut back = head(text, start).chars().rev();
     let glued_before = back.next().is_some_and(joiner) && back.next().is_some_and(|c| c.is_ascii_digit());
-    let mut fwd = text[end..].chars();
+    let mut fwd = tail(text, end).chars();
     let glued_after = fwd.next().is_some_and(joiner) && fwd.next().is_some_and(|c| c.is_ascii_digit());
     glued_before || glued_after
 }
 
 /// The char just before `start` and just after `end`.
 fn neighbours(text: &str, start: usize, end: usize) -> (Option<char>, Option<char>) {
-    (text[..start].chars().next_back(), text[end..].chars().next())
+    (head(text, start).chars().next_back(), tail(text, end).chars().next())
 }
 
 pub fn scan(text: &str, types: &[String]) -> Vec<Finding> {
@@ -98,7 +103,7 @@ const GENERIC_TLDS: &[&str] = &[
 fn emails(text: &str, out: &mut Vec<Finding>) {
     for m in EMAIL.find_iter(text) {
         let s = m.as_str();
-        let (local, domain) = s.split_once('@').expect("pattern has @");
+        let Some((local, domain)) = s.split_once('@') else { continue };
         if local.ends_with('.') || local.contains("..") || domain.contains("..") {
             continue;
         }
@@ -110,7 +115,7 @@ fn emails(text: &str, out: &mut Vec<Finding>) {
             continue;
         }
         let followed_by_word =
-            |ch: char| after == Some(ch) && text[m.end() + 1..].starts_with(|c: char| c.is_alphanumeric());
+            |ch: char| after == Some(ch) && tail(text, m.end() + ch.len_utf8()).starts_with(|c: char| c.is_alphanumeric());
         let code_like = matches!(after, Some('(') | Some('[') | Some('_')) || followed_by_word(':') || followed_by_word('.')
             || matches!(before, Some('.') | Some('/') | Some('\\') | Some('$'));
         let mut score: f64 = if known { 0.9 } else { 0.3 };
@@ -160,7 +165,7 @@ fn phones(text: &str, out: &mut Vec<Finding>) {
         // Part of a longer number, a date, a decimal or a version string.
         if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '/')
             || after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '/')
-            || (after == Some('.') && text[end + 1..].starts_with(|c: char| c.is_ascii_digit()))
+            || (after == Some('.') && tail(text, end + 1).starts_with(|c: char| c.is_ascii_digit()))
         {
             continue;
         }
@@ -170,7 +175,8 @@ fn phones(text: &str, out: &mut Vec<Finding>) {
         let international = s.starts_with('+');
         // NANP numbers have no trunk 0; "030 1234567" is a national European number.
         let nanp = !international && d.len() == 10 && !s.starts_with('0');
-        if nanp && (d.as_bytes()[0] < b'2' || d.as_bytes()[3] < b'2') {
+        let below_2 = |i: usize| d.as_bytes().get(i).is_none_or(|&b| b < b'2');
+        if nanp && (below_2(0) || below_2(3)) {
             continue; // NANP area codes and exchanges start with 2-9
         }
         let separators = s.chars().filter(|c| !c.is_ascii_digit() && *c != '+').count();
@@ -208,8 +214,8 @@ static CARD: LazyLock<Regex> =
 
 fn luhn(d: &str) -> bool {
     let mut sum = 0u32;
-    for (i, c) in d.bytes().rev().enumerate() {
-        let mut v = (c - b'0') as u32;
+    for (i, c) in d.chars().rev().enumerate() {
+        let Some(mut v) = c.to_digit(10) else { return false };
         if i % 2 == 1 {
             v *= 2;
             if v > 9 {
@@ -224,7 +230,7 @@ fn luhn(d: &str) -> bool {
 /// The card network of a number, from issuer identification ranges and lengths.
 pub fn card_network(d: &str) -> Option<&'static str> {
     let len = d.len();
-    let p = |n: usize| d[..n.min(len)].parse::<u32>().unwrap_or(0);
+    let p = |n: usize| d.get(..n.min(len)).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
     match () {
         _ if d.starts_with('4') && matches!(len, 13 | 16 | 19) => Some("visa"),
         _ if ((51..=55).contains(&p(2)) || (2221..=2720).contains(&p(4))) && len == 16 => Some("mastercard"),
@@ -261,14 +267,13 @@ fn cards(text: &str, out: &mut Vec<Finding>) {
             continue;
         }
         let Some(network) = card_network(&d) else { continue };
-        // The body of an IBAN printed after its "DE89 " head is not a card.
-        let head = text[..m.start()].trim_end();
-        let head_token = head.rsplit(|c: char| c.is_whitespace()).next().unwrap_or("");
-        if head_token.len() == 4
-            && head_token[..2].chars().all(|c| c.is_ascii_uppercase())
-            && head_token[2..].chars().all(|c| c.is_ascii_digit())
-        {
-            continue;
+        // The body of an IBAN printed after its "DE89 " head is not a card. (The word before
+        // may be anything, "Réf" included: test its bytes, never slice it.)
+        let head_token = head(text, m.start()).trim_end().rsplit(|c: char| c.is_whitespace()).next().unwrap_or("");
+        if let [a, b, c, d] = head_token.as_bytes() {
+            if a.is_ascii_uppercase() && b.is_ascii_uppercase() && c.is_ascii_digit() && d.is_ascii_digit() {
+                continue;
+            }
         }
         let mut score: f64 = 0.85;
         let (ctx_before, _) = context(text, m.start(), m.end(), 40);
@@ -312,7 +317,8 @@ fn iban_length(country: &str) -> Option<usize> {
 }
 
 fn iban_mod97(iban: &str) -> bool {
-    let rearranged = iban[4..].chars().chain(iban[..4].chars());
+    let (Some(country_check), Some(bban)) = (iban.get(..4), iban.get(4..)) else { return false };
+    let rearranged = bban.chars().chain(country_check.chars());
     let mut rem: u32 = 0;
     for c in rearranged {
         let v = match c {
@@ -328,7 +334,7 @@ fn iban_mod97(iban: &str) -> bool {
 fn ibans(text: &str, out: &mut Vec<Finding>) {
     for m in IBAN.find_iter(text) {
         let s = m.as_str();
-        let country = s[..2].to_ascii_uppercase();
+        let Some(country) = s.get(..2).map(str::to_ascii_uppercase) else { continue };
         let Some(len) = iban_length(&country) else { continue };
         // Take exactly the country's length of characters (a following word may have been
         // swallowed by the pattern's optional spaces).
@@ -347,11 +353,12 @@ fn ibans(text: &str, out: &mut Vec<Finding>) {
             continue;
         }
         // The IBAN must end at a boundary, not inside a longer token.
-        if text[end..].chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+        if tail(text, end).chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
             continue;
         }
-        let compact: String = text[m.start()..end].chars().filter(|c| *c != ' ').collect::<String>().to_ascii_uppercase();
-        if !compact[2..4].chars().all(|c| c.is_ascii_digit()) || !iban_mod97(&compact) {
+        // `\d` also matches non-ASCII digits ("DE８９ ..."): those are not IBANs.
+        let compact: String = substr(text, m.start(), end).chars().filter(|c| *c != ' ').collect::<String>().to_ascii_uppercase();
+        if !compact.is_ascii() || !compact.get(2..4).is_some_and(|cd| cd.bytes().all(|b| b.is_ascii_digit())) || !iban_mod97(&compact) {
             continue;
         }
         let mut score: f64 = 0.9;
@@ -372,12 +379,11 @@ static SSN: LazyLock<Regex> = LazyLock::new(|| {
 /// SSA rules: no area 000, 666 or 900-999, no group 00, no serial 0000, and not one of the
 /// numbers known from advertising and documentation.
 pub fn ssn_valid(d: &str) -> bool {
-    if d.len() != 9 {
+    if d.len() != 9 || !d.bytes().all(|b| b.is_ascii_digit()) {
         return false;
     }
-    let area: u32 = d[..3].parse().unwrap_or(0);
-    let group: u32 = d[3..5].parse().unwrap_or(0);
-    let serial: u32 = d[5..].parse().unwrap_or(0);
+    let num = |r: std::ops::Range<usize>| d.get(r).and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+    let (area, group, serial) = (num(0..3), num(3..5), num(5..9));
     !(area == 0 || area == 666 || area >= 900 || group == 0 || serial == 0
         || matches!(d, "078051120" | "219099999" | "123456789" | "111111111" | "333333333"))
 }
@@ -387,7 +393,7 @@ fn ssns(text: &str, out: &mut Vec<Finding>) {
         let s = m.as_str();
         let (before, after) = neighbours(text, m.start(), m.end());
         if before.is_some_and(|c| matches!(c, '-' | '.' | '/' | '+' | '(' | ',')) || after.is_some_and(|c| matches!(c, '-' | '/' | ')'))
-            || (after == Some('.') && text[m.end() + 1..].starts_with(|c: char| c.is_ascii_digit()))
+            || (after == Some('.') && tail(text, m.end() + 1).starts_with(|c: char| c.is_ascii_digit()))
         {
             continue;
         }
@@ -436,7 +442,7 @@ fn ips(text: &str, out: &mut Vec<Finding>) {
         let (before, after) = neighbours(text, m.start(), m.end());
         // Part of a longer dotted sequence (OIDs, versions like 1.2.3.4.5) or a word (v1.2.3.4).
         if before.is_some_and(|c| c == '.' || c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            || (after == Some('.') && text[m.end() + 1..].starts_with(|c: char| c.is_ascii_digit()))
+            || (after == Some('.') && tail(text, m.end() + 1).starts_with(|c: char| c.is_ascii_digit()))
             || after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             continue;
@@ -453,7 +459,7 @@ fn ips(text: &str, out: &mut Vec<Finding>) {
     }
     for m in IPV6.find_iter(text) {
         let s = m.as_str().split('%').next().unwrap_or("");
-        let s = if s.ends_with(':') && !s.ends_with("::") { &s[..s.len() - 1] } else { s };
+        let s = if s.ends_with("::") { s } else { s.strip_suffix(':').unwrap_or(s) };
         let end = m.start() + s.len();
         let (before, after) = neighbours(text, m.start(), end);
         if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == ':' || c == '_') || after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -552,21 +558,17 @@ fn addresses(text: &str, out: &mut Vec<Finding>) {
             continue;
         }
         // "..., CA 94105-1234": a state code (or name) right before the ZIP+4.
-        let head = &text[..m.start()];
-        let head_trim = head.trim_end_matches([' ', ',']);
+        let head_trim = head(text, m.start()).trim_end_matches([' ', ',']);
+        // The last two bytes, if they are two ASCII letters (else not a state, and not sliced).
         let state_start = head_trim.len().saturating_sub(2);
         let state = head_trim.get(state_start..).unwrap_or("");
-        let has_state = STATES.contains(&state)
-            && !head_trim[..state_start].chars().next_back().is_some_and(|c| c.is_alphanumeric());
+        let has_state = STATES.contains(&state) && !head(head_trim, state_start).chars().next_back().is_some_and(|c| c.is_alphanumeric());
         let mut score: f64 = if has_state { 0.7 } else { 0.25 };
         let mut start = if has_state { state_start } else { m.start() };
         // A street line ("1600 Main St, Springfield,") in the 80 bytes before extends the span.
-        let mut window_start = start.saturating_sub(80);
-        while !text.is_char_boundary(window_start) {
-            window_start -= 1;
-        }
-        if let Some(street) = STREET.find_iter(&text[window_start..start]).last() {
-            let between = &text[window_start + street.end()..start];
+        let window_start = text.floor_char_boundary(start.saturating_sub(80));
+        if let Some(street) = STREET.find_iter(substr(text, window_start, start)).last() {
+            let between = substr(text, window_start + street.end(), start);
             if !between.contains('\n') && between.len() <= 40 {
                 start = window_start + street.start();
                 score += 0.25;

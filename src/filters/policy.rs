@@ -167,14 +167,24 @@ impl PolicyFilter {
             }
         }
         let candidates = [self.yes.clone(), self.no.clone()];
-        let mut probs = Vec::with_capacity(prepared.len());
+        // One P(Yes) per prepared prompt, in order; None where the model gave no score for an
+        // answer (an item with one is an error, never a panic).
+        let mut probs: Vec<Option<f64>> = Vec::with_capacity(prepared.len());
         for chunk in prepared.chunks(self.batch_size) {
-            for s in model.score_batch(chunk, &candidates)? {
-                probs.push(p_yes(s[0].logprob, s[1].logprob));
-            }
+            let scores = model.score_batch(chunk, &candidates)?;
+            let before = probs.len();
+            probs.extend(scores.iter().take(chunk.len()).map(|s| match (s.first(), s.get(1)) {
+                (Some(y), Some(n)) => Some(p_yes(y.logprob, n.logprob)),
+                _ => None,
+            }));
+            // Keep prompts and scores aligned even if the model answered for fewer prompts.
+            probs.resize(before + chunk.len(), None);
         }
         for (k, &i) in owners.iter().enumerate() {
-            out[i] = Ok(probs[k * n..(k + 1) * n].to_vec());
+            let item: Option<Vec<f64>> = probs.get(k * n..(k + 1) * n).and_then(|p| p.iter().copied().collect());
+            if let Some(slot) = out.get_mut(i) {
+                *slot = item.ok_or_else(|| format!("the policy model returned no {:?}/{:?} scores for this item", self.yes, self.no));
+            }
         }
         Ok(out)
     }

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use base64::Engine;
 use regex::Regex;
 
-use super::Finding;
+use super::{substr, Finding};
 
 struct Rule {
     name: &'static str,
@@ -92,14 +92,11 @@ pub fn scan(text: &str) -> Vec<Finding> {
             if rule.name == "private_key" {
                 // Extend to the matching END line, if it comes within 64 KiB; a header alone is
                 // still a leaked key (truncated).
-                let mut limit = (m.end() + 65536).min(text.len());
-                while !text.is_char_boundary(limit) {
-                    limit -= 1;
-                }
-                if let Some(i) = text[m.end()..limit].find("-----END ") {
-                    let tail = &text[m.end() + i..];
-                    if let Some(j) = tail[9..].find("-----") {
-                        end = m.end() + i + 9 + j + 5;
+                const END: &str = "-----END ";
+                if let Some(i) = substr(text, m.end(), m.end().saturating_add(65536)).find(END) {
+                    let rest = m.end() + i + END.len();
+                    if let Some(j) = substr(text, rest, text.len()).find("-----") {
+                        end = rest + j + "-----".len();
                     }
                 }
             }
@@ -121,7 +118,8 @@ pub fn scan(text: &str) -> Vec<Finding> {
     let mut max_end = 0;
     let reach: Vec<usize> = covered.iter().map(|&(_, e)| { max_end = max_end.max(e); max_end }).collect();
     for c in ASSIGNMENT.captures_iter(text) {
-        let (name, value) = (c.get(1).expect("group"), c.get(2).expect("group"));
+        // Both groups are mandatory in the pattern; a match without them is skipped, not a panic.
+        let (Some(name), Some(value)) = (c.get(1), c.get(2)) else { continue };
         let v = value.as_str().trim_end_matches(['.', '=']);
         let end = value.start() + v.len();
         // Spans starting before `end` whose furthest end passes the value's start overlap it.
