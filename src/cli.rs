@@ -35,11 +35,18 @@ enum Command {
         gemma-batch run pipelines/demo.toml\n  \
         gemma-batch run pipelines/demo.toml --limit 10            # try a spec on a few rows\n  \
         gemma-batch run pipelines/demo.toml --shard 2/8           # one of 8 shard processes\n  \
-        gemma-batch run pipelines/demo.toml --shards 8            # index from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID\n\n\
-        Exit status: 0 all rows done, 3 some rows failed (see their error column), 130 interrupted (rerun to resume), 2 error.")]
+        gemma-batch run pipelines/demo.toml --shards 8            # index from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID\n  \
+        gemma-batch run pipelines/demo.toml --max-attempts 5      # retry rows that failed, up to 5 tries each\n  \
+        gemma-batch run pipelines/demo.toml --wait                # wait while another run holds the sink\n\n\
+        Rerunning skips rows already done and retries failed ones. Every (row, task, configuration) is\n\
+        stored once, whatever runs overlap. SIGINT or SIGTERM: the rows in flight are committed and the\n\
+        run exits resumable; a second signal stops at once.\n\n\
+        Exit status: 0 all rows done, 3 rows of this spec are failed in the table (see their error column),\n\
+        130/143 interrupted by SIGINT/SIGTERM (rerun to resume), 75 another run holds this sink, 2 error.")]
     Run(RunArgs),
     /// Commit the results that shard processes wrote, as one new version.
-    #[command(after_help = "Examples:\n  gemma-batch commit pipelines/demo.toml")]
+    #[command(after_help = "Examples:\n  gemma-batch commit pipelines/demo.toml\n\n\
+        Safe to run while shards are still running, and more than once: rows are merged on their key.")]
     Commit(CommitArgs),
     /// Screen text (lines of a file or stdin) and images with a filter set; print the decisions.
     #[command(after_help = "Examples:\n  \
@@ -167,6 +174,19 @@ struct RunArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Do not retry rows that failed in earlier runs.
+    #[arg(long)]
+    no_retry_failed: bool,
+    /// Tries per row in all, counting earlier runs (failed rows are retried until then).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_attempts: u32,
+    /// When another run holds this sink (or shard), wait for it instead of exiting with 75.
+    #[arg(long)]
+    wait: bool,
+    /// Run even when another run holds this sink: the table stays right (rows are merged on
+    /// their key), but the work is done twice.
+    #[arg(long, conflicts_with = "wait")]
+    ignore_lease: bool,
 }
 
 #[derive(Args)]
@@ -248,6 +268,9 @@ struct BenchFiltersArgs {
 struct CommitArgs {
     /// Pipeline spec whose shard results to commit.
     spec: PathBuf,
+    /// When another commit of this sink is running, wait for it instead of exiting with 75.
+    #[arg(long)]
+    wait: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -263,6 +286,11 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(e) if matches!(e.downcast_ref::<crate::Error>(), Some(crate::Error::LeaseHeld(_))) => {
+            eprintln!("gemma-batch: {e}");
+            // EX_TEMPFAIL: try again later.
+            ExitCode::from(75)
+        }
         Err(e) => {
             // The chain of causes, each once (typed errors often show their source inline).
             let mut message = e.to_string();
@@ -327,13 +355,36 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         (Some(s), _) => Some(Shard::parse(s).map_err(anyhow::Error::msg)?),
         (None, count) => Shard::from_env(count).map_err(anyhow::Error::msg)?,
     };
-    let options = RunOptions { shard, limit: args.limit, quiet: args.quiet };
-    let summary = crate::pipeline::run(&spec, &options).with_context(|| format!("running {}", args.spec.display()))?;
+    let options = RunOptions {
+        shard,
+        limit: args.limit,
+        quiet: args.quiet,
+        retry_failed: !args.no_retry_failed,
+        max_attempts: args.max_attempts,
+        wait_for_lease: args.wait,
+        ignore_lease: args.ignore_lease,
+    };
+    let summary = match crate::pipeline::run(&spec, &options) {
+        Ok(s) => s,
+        // Not "running SPEC: ...": the message already says what to do.
+        Err(e @ crate::Error::LeaseHeld(_)) => return Err(e.into()),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("running {}", args.spec.display()))),
+    };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         println!("{}: {} rows read, {} done, {} failed, {} skipped as already done ({:.1}s)",
             spec.name, summary.rows_read, summary.done, summary.failed, summary.skipped, summary.elapsed_s);
+        if summary.duplicates > 0 {
+            println!("{} items repeated a key of this run (identical rows or questions) and were done once", summary.duplicates);
+        }
+        if summary.retried > 0 {
+            println!("{} rows that failed before were retried", summary.retried);
+        }
+        if summary.failed_not_retried > 0 {
+            println!("{} rows failed in earlier runs and were not retried (--max-attempts {} reached{}); see their error column",
+                summary.failed_not_retried, options.max_attempts, if options.retry_failed { "" } else { " or --no-retry-failed" });
+        }
         match (summary.version, shard) {
             (Some(v), _) => println!("results: {} (version {v})", summary.results),
             (None, Some(s)) => println!("results: written for shard {}/{}; commit them with `gemma-batch commit {}`",
@@ -359,9 +410,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         }
     }
     Ok(if summary.interrupted {
-        eprintln!("gemma-batch: interrupted; rerun the same command to resume");
-        ExitCode::from(130)
-    } else if summary.failed > 0 {
+        let signal = summary.signal.unwrap_or(2);
+        eprintln!("gemma-batch: interrupted by {}; rerun the same command to resume", crate::pipeline::signals::signal_name(signal));
+        ExitCode::from(crate::pipeline::signals::exit_status(signal))
+    } else if summary.failed_in_table > 0 {
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
@@ -370,9 +422,11 @@ fn run(args: RunArgs) -> Result<ExitCode> {
 
 fn commit(args: CommitArgs) -> Result<ExitCode> {
     let spec = crate::spec::PipelineSpec::load(&args.spec)?;
-    match crate::pipeline::commit(&spec)? {
-        (Some(v), n) => println!("committed {n} shard result files as version {v}"),
-        (None, _) => println!("nothing to commit"),
+    let c = crate::pipeline::commit(&spec, args.wait)?;
+    match c.version {
+        Some(v) => println!("committed {} staged shard results ({} rows) as version {v}", c.staged, c.rows),
+        None if c.staged > 0 => println!("{} staged shard results were already committed; removed them", c.staged),
+        None => println!("nothing to commit"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -501,7 +555,7 @@ impl ScreeningPrinter {
                 (Some([a, b]), Some(t)) => format!(" [{a}..{b}] {:?}", t.get(a..b).unwrap_or("")),
                 _ => String::new(),
             };
-            println!("  {}:{} ({}) score {:.3} -> {}{matched}", d.filter, d.rule, d.category, d.score, format!("{:?}", d.action).to_lowercase());
+            println!("  {}:{} ({}) score {:.3} -> {}{matched}", d.filter, d.rule, d.category, d.score, d.action.as_str());
         }
         if item_text.is_some_and(|t| t != screening.text) {
             println!("  => {}", screening.text);
@@ -557,7 +611,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         let (name, spec) = parse_gate(g)?;
         suite.gates.insert(name, spec);
     }
-    let options = crate::pipeline::RunOptions { shard: None, limit: None, quiet: args.quiet };
+    let options = crate::pipeline::RunOptions { quiet: args.quiet, ..Default::default() };
     let record = crate::evals::suite::run(&suite, &options).with_context(|| format!("running {}", args.suite.display()))?;
     let dir = args.out.clone().unwrap_or_else(|| suite.reports_dir());
     write_reports(&record, &dir)?;

@@ -59,6 +59,57 @@ pub enum Error {
 
     #[error("result store: {0}")]
     Sink(String),
+
+    /// A Lance dataset operation failed (open, scan, write, merge, commit).
+    #[error("{uri}: {source}")]
+    Lance {
+        uri: String,
+        #[source]
+        source: Box<lance::Error>,
+    },
+
+    /// A polars operation failed; `context` says on what.
+    #[error("{context}: {source}")]
+    Polars {
+        context: String,
+        #[source]
+        source: polars::error::PolarsError,
+    },
+
+    #[error("{context}: {source}")]
+    Arrow {
+        context: String,
+        #[source]
+        source: arrow_schema::ArrowError,
+    },
+
+    /// A worker thread or task died (a panic or a cancelled task).
+    #[error("{stage} stopped unexpectedly: {message}")]
+    Join { stage: String, message: String },
+
+    /// Another process holds the sink's lease for this scope.
+    #[error("{0}")]
+    LeaseHeld(String),
+}
+
+impl Error {
+    pub(crate) fn lance(uri: &str) -> impl Fn(lance::Error) -> Error + '_ {
+        move |source| Error::Lance { uri: uri.to_string(), source: Box::new(source) }
+    }
+
+    pub(crate) fn polars(context: impl std::fmt::Display) -> impl Fn(polars::error::PolarsError) -> Error {
+        let context = context.to_string();
+        move |source| Error::Polars { context: context.clone(), source }
+    }
+
+    pub(crate) fn arrow(context: impl std::fmt::Display) -> impl Fn(arrow_schema::ArrowError) -> Error {
+        let context = context.to_string();
+        move |source| Error::Arrow { context: context.clone(), source }
+    }
+
+    pub(crate) fn join(stage: &str) -> impl Fn(tokio::task::JoinError) -> Error + '_ {
+        move |e| Error::Join { stage: stage.to_string(), message: e.to_string() }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -16,5 +16,6 @@ pub mod reports;
 pub mod sink;
 pub mod source;
 pub mod spec;
+pub mod util;
 
 pub use error::{Error, Result};

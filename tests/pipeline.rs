@@ -1,93 +1,13 @@
 //! End-to-end runs of `gemma-batch run` / `commit` on the tiny model and the sample corpora.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 
 use gemma_batch::sink::{to_polars, ResultStore};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gemma-batch"))
-}
-
-fn run(spec: &Path, extra: &[&str]) -> Output {
-    bin().arg("run").arg(spec).args(["--quiet", "--json"]).args(extra).output().expect("run gemma-batch")
-}
-
-fn summary(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|_| panic!("no JSON summary; stderr: {}", String::from_utf8_lossy(&out.stderr)))
-}
-
-/// A spec in `dir` over `source` (absolute paths), with the given tasks.
-fn write_spec(dir: &Path, source: &str, tasks: &str, extra_sink: &str) -> PathBuf {
-    let spec = format!(
-        r#"name = "test"
-{source}
-[model]
-dir = "{model}"
-device = "cpu"
-batch_size = 4
-{tasks}
-[sink]
-dir = "{out}"
-commit_every = 8
-{extra_sink}
-"#,
-        model = repo().join("models/tiny-gemma4").display(),
-        out = dir.join("out").display(),
-    );
-    let path = dir.join("spec.toml");
-    std::fs::write(&path, spec).unwrap();
-    path
-}
-
-/// (key -> output) of every committed row; panics on a duplicate key.
-fn committed(dir: &Path) -> HashMap<String, (Option<String>, Option<String>)> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = ResultStore::new(dir.join("out/results.lance").display().to_string());
-    let batches = rt.block_on(store.read(None, Some(&["key", "output", "error"]))).unwrap();
-    let df = to_polars(&batches).unwrap();
-    let mut rows = HashMap::new();
-    if df.height() == 0 {
-        return rows;
-    }
-    let keys = df.column("key").unwrap().str().unwrap().clone();
-    let outputs = df.column("output").unwrap().str().unwrap().clone();
-    let errors = df.column("error").unwrap().str().unwrap().clone();
-    for i in 0..df.height() {
-        let key = keys.get(i).unwrap().to_string();
-        let prev = rows.insert(key.clone(), (outputs.get(i).map(str::to_owned), errors.get(i).map(str::to_owned)));
-        assert!(prev.is_none(), "row {key} is in the dataset twice");
-    }
-    rows
-}
-
-const DOC_TASKS: &str = r#"
-[[task]]
-name = "qa"
-kind = "vqa"
-questions = ["What is the total amount?"]
-max_new_tokens = 6
-
-[[task]]
-name = "fields"
-kind = "extract"
-fields = ["total", "date"]
-max_new_tokens = 8
-"#;
-
-fn docs_source(filter: Option<&str>) -> String {
-    format!(
-        "[source]\nkind = \"jsonl\"\npath = \"{}\"\nid_column = \"id\"\nimage_column = \"image\"\n{}",
-        repo().join("datasets/docs.jsonl").display(),
-        filter.map(|f| format!("filter = \"{f}\"\n")).unwrap_or_default()
-    )
-}
+mod common;
+use common::*;
 
 #[test]
 fn run_writes_every_row_with_provenance_and_reruns_skip_done_rows() {
@@ -258,42 +178,37 @@ fn pdf_folder_yields_one_row_per_page_and_a_broken_pdf_is_one_failed_row() {
 }
 
 #[test]
-fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+fn sigkill_between_commits_loses_and_duplicates_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("rows.jsonl");
-    let jsonl: String = (0..240)
-        .map(|i| serde_json::json!({"id": format!("r{i:03}"), "text": format!("Row {i}: the quick brown fox.")}).to_string() + "\n")
-        .collect();
-    std::fs::write(&data, jsonl).unwrap();
-    let source = format!("[source]\nkind = \"jsonl\"\npath = \"{}\"\nid_column = \"id\"\ntext_column = \"text\"\n", data.display());
-    let tasks = "[[task]]\nname = \"echo\"\nkind = \"prompt\"\nprompt = \"Repeat: {{ text }}\"\nmax_new_tokens = 6\n";
-
+    let source = text_rows(tmp.path(), 240);
     let reference = tempfile::tempdir().unwrap();
-    let spec = write_spec(reference.path(), &source, tasks, "");
+    let spec = write_spec(reference.path(), &source, ECHO_TASK, "");
     assert!(run(&spec, &[]).status.success());
     let want = committed(reference.path());
     assert_eq!(want.len(), 240);
 
-    let spec = write_spec(tmp.path(), &source, tasks, "");
-    // Deterministic "random" kill delays, spread over the run.
-    let mut seed = 0x9e37_79b9_u64;
-    let mut kills = 0;
-    for _ in 0..8 {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let delay = std::time::Duration::from_millis(300 + (seed >> 33) % 1500);
-        let mut child = bin().arg("run").arg(&spec).arg("--quiet").spawn().unwrap();
-        std::thread::sleep(delay);
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
+    // Each run is killed right after it committed its 1st..5th new version. A pause after
+    // each commit (a test-only setting) makes "after a commit and before the end" a window
+    // the test can hit on a fast or a loaded machine alike.
+    let spec = write_spec(tmp.path(), &source, ECHO_TASK, "");
+    let mut kills_mid_run = 0;
+    for k in 1..=5 {
+        let before = versions(tmp.path());
+        let mut child = bin().arg("run").arg(&spec).arg("--quiet").env("GEMMA_BATCH_TEST_COMMIT_DELAY_MS", "400").spawn().unwrap();
+        let committed_k = wait_until(120, || versions(tmp.path()) >= before.max(1) + k);
+        let running = child.try_wait().unwrap().is_none();
+        child.kill().unwrap(); // SIGKILL
+        let status = child.wait().unwrap();
+        if committed_k && running && status.code().is_none() {
+            kills_mid_run += 1;
         }
-        child.wait().unwrap();
         let partial = committed(tmp.path()); // panics on duplicates
-        for (k, v) in &partial {
-            assert_eq!(want.get(k), Some(v), "a committed row differs from the uninterrupted run");
+        assert!(partial.len() < 240, "run {k} finished before the kill: the test did not test a kill");
+        for (key, v) in &partial {
+            assert_eq!(want.get(key), Some(v), "a committed row differs from the uninterrupted run");
         }
     }
-    assert!(kills >= 5, "only {kills} runs were killed mid-way; the run is too fast for this test");
+    assert!(kills_mid_run >= 3, "only {kills_mid_run} kills landed after a commit and before the end");
     let out = run(&spec, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(committed(tmp.path()), want);

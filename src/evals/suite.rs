@@ -288,7 +288,7 @@ fn read_results(spec: &PipelineSpec, model_hash: &str) -> Result<HashMap<String,
     use polars::prelude::*;
     let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
     let mut out: HashMap<String, (i64, ResultItem)> = HashMap::new();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Sink(e.to_string()))?;
+    let rt = crate::util::runtime(0)?;
     let cols = ["input_id", "prompt", "output", "error", "filter_decisions", "output_tokens", "model_hash", "created_at"];
     for table in [layout.results(), layout.quarantine()] {
         let batches = rt.block_on(ResultStore::new(table).read(None, Some(&cols)))?;
@@ -296,7 +296,7 @@ fn read_results(spec: &PipelineSpec, model_hash: &str) -> Result<HashMap<String,
         if df.height() == 0 {
             continue;
         }
-        let err = |e: PolarsError| Error::Sink(e.to_string());
+        let err = |e: PolarsError| Error::polars("reading evaluation results")(e);
         let s = |c: &str| -> Result<StringChunked> { Ok(df.column(c).map_err(err)?.str().map_err(err)?.clone()) };
         let (ids, prompts, outputs, errors, decisions, hashes) =
             (s("input_id")?, s("prompt")?, s("output")?, s("error")?, s("filter_decisions")?, s("model_hash")?);
@@ -392,7 +392,7 @@ pub fn run(suite: &SuiteSpec, options: &RunOptions) -> Result<EvalRecord> {
         let results = read_results(&spec, &summary.model_hash)?;
         count_decisions(&results);
         if record.provenance.is_null() {
-            record.provenance = serde_json::json!({"model_hash": summary.model_hash, "model_id": Path::new(&spec.model.dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), "backend": format!("{:?}", spec.model.backend).to_lowercase(), "device": format!("{:?}", spec.model.device).to_lowercase(), "dtype": spec.model.dtype.name(), "gemma_batch": env!("CARGO_PKG_VERSION")});
+            record.provenance = serde_json::json!({"model_hash": summary.model_hash, "model_id": Path::new(&spec.model.dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), "backend": crate::util::enum_name(&spec.model.backend), "device": crate::util::enum_name(&spec.model.device), "dtype": spec.model.dtype.name(), "gemma_batch": env!("CARGO_PKG_VERSION")});
         }
         score_benchmark(suite, b, &labels, &results, &mut record)?;
     }
@@ -596,7 +596,7 @@ fn score_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, labels: &Labels, result
             Some(v) => v.to_string(),
         }).collect();
         for (m, scores) in &per_metric {
-            let df = df!("slice" => slice.clone(), "score" => scores.clone()).map_err(|e| Error::Sink(e.to_string()))?;
+            let df = df!("slice" => slice.clone(), "score" => scores.clone()).map_err(Error::polars("breakdown by slice"))?;
             let groups = df
                 .lazy()
                 .with_row_index("row", None)
@@ -604,9 +604,9 @@ fn score_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, labels: &Labels, result
                 .agg([col("row").alias("rows")])
                 .sort(["slice"], Default::default())
                 .collect()
-                .map_err(|e| Error::Sink(e.to_string()))?;
-            let names = groups.column("slice").map_err(|e| Error::Sink(e.to_string()))?.str().map_err(|e| Error::Sink(e.to_string()))?.clone();
-            let rows = groups.column("rows").map_err(|e| Error::Sink(e.to_string()))?.list().map_err(|e| Error::Sink(e.to_string()))?.clone();
+                .map_err(Error::polars("breakdown by slice"))?;
+            let names = groups.column("slice").map_err(Error::polars("breakdown by slice"))?.str().map_err(Error::polars("breakdown by slice"))?.clone();
+            let rows = groups.column("rows").map_err(Error::polars("breakdown by slice"))?.list().map_err(Error::polars("breakdown by slice"))?.clone();
             let mut slices = Vec::new();
             for i in 0..groups.height() {
                 let idx: Vec<usize> = rows

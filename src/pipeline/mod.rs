@@ -1,0 +1,398 @@
+//! Orchestration: source -> prepare -> model -> (filters) -> sink, as stages joined by
+//! bounded channels, so memory stays bounded whatever the corpus size. Reading and
+//! preparation run on blocking threads, the model on its own thread, commits on the async
+//! runtime.
+//!
+//! Each step has its file: `reader` (rows to work items: skip done, dedupe, retry failed),
+//! `tasks` (prompts and keys), `preparer` (input filters, images, tokens), `model_stage`
+//! (policy filter, generation, output filters), `policy_cache`, `writer` (commits through
+//! the sink), `shard`, `signals`, `progress` and `summary`.
+
+mod model_stage;
+mod policy_cache;
+mod preparer;
+mod progress;
+mod reader;
+mod screening;
+mod shard;
+pub mod signals;
+mod summary;
+mod tasks;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::filters::Outcome;
+use crate::model::{BackendOptions, Gemma4, ModelOptions};
+use crate::sink::lease::{Lease, LeaseOptions};
+use crate::sink::pending::PendingDir;
+use crate::sink::{ResultRow, ResultStore, RunRecord, RunStore, SinkLayout, SinkState};
+use crate::spec::PipelineSpec;
+use crate::util::{hash_text, now_ms};
+
+use model_stage::ModelStage;
+use preparer::PrepareStage;
+use progress::{Counters, Progress};
+use reader::Reader;
+use screening::Filters;
+pub use shard::Shard;
+pub use tasks::check_extract;
+use tasks::{PreparedItem, Provenance, Templates, WorkItem};
+use writer::{Destination, LogEvery, Writer};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub shard: Option<Shard>,
+    /// Stop after this many input rows (for trying a spec).
+    pub limit: Option<usize>,
+    pub quiet: bool,
+    /// Try rows that failed in earlier runs again (up to `max_attempts` in all).
+    pub retry_failed: bool,
+    pub max_attempts: u32,
+    /// Wait for another run's lease on this sink instead of stopping.
+    pub wait_for_lease: bool,
+    /// Run even when another run holds the lease (safe, but the work is done twice).
+    pub ignore_lease: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            shard: None,
+            limit: None,
+            quiet: false,
+            retry_failed: true,
+            max_attempts: 3,
+            wait_for_lease: false,
+            ignore_lease: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub rows_read: u64,
+    /// (row, task, prompt) items this process is responsible for.
+    pub items: u64,
+    /// Items already done by earlier runs.
+    pub skipped: u64,
+    /// Items whose key another item of this run already had (worked on once).
+    pub duplicates: u64,
+    /// Items that failed in earlier runs and were tried again.
+    pub retried: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// Items that failed in earlier runs and were not tried again (retries off or used up).
+    pub failed_not_retried: u64,
+    /// Failed items of this configuration in the table after this run: `failed` +
+    /// `failed_not_retried`. The exit status is 3 when it is not 0.
+    pub failed_in_table: u64,
+    /// Rows the filters sent to the quarantine table (counted in done/failed too).
+    pub quarantined: u64,
+    pub interrupted: bool,
+    /// The signal that interrupted the run (2 SIGINT, 15 SIGTERM).
+    pub signal: Option<i32>,
+    /// The Lance version holding this run's rows (None for a shard, which commits later).
+    pub version: Option<u64>,
+    pub results: String,
+    pub quarantine: String,
+    /// The run records (spec, versions, start/end, counts of every run).
+    pub runs: String,
+    /// The content hash of the model files (the rows of this model carry it).
+    pub model_hash: String,
+    /// The filter sets that screened this run's rows, with their content hashes.
+    pub filter_sets: Option<String>,
+    pub elapsed_s: f64,
+    /// Per-task counts from the committed rows of this run (a polars group-by).
+    pub by_task: Vec<TaskSummary>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskSummary {
+    pub task: String,
+    pub rows: u64,
+    pub failed: u64,
+    pub mean_latency_ms: Option<f64>,
+    pub output_tokens: u64,
+}
+
+/// A row that is finished, with the filters' outcome (quarantined rows go to their own table).
+pub(crate) struct Finished {
+    pub row: ResultRow,
+    pub outcome: Outcome,
+}
+
+impl Finished {
+    pub fn new(row: ResultRow, outcome: Outcome) -> Self {
+        Finished { row, outcome }
+    }
+}
+
+/// Runs a pipeline spec to completion (or a stop signal).
+pub fn run(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSummary> {
+    crate::util::runtime(2)?.block_on(run_async(spec, options))
+}
+
+/// The model options a spec asks for.
+fn model_options(spec: &PipelineSpec) -> ModelOptions {
+    ModelOptions {
+        backend: BackendOptions { kind: spec.model.backend, device: spec.model.device, threads: spec.model.threads },
+        variant: spec.model.dtype,
+        max_image_pixels: spec.model.max_image_pixels,
+        ..ModelOptions::default()
+    }
+}
+
+async fn load_model(dir: std::path::PathBuf, options: ModelOptions) -> Result<Gemma4> {
+    tokio::task::spawn_blocking(move || Gemma4::load(&dir, &options)).await.map_err(Error::join("loading the model"))?
+}
+
+/// A short id for a run: 16 hex digits of (name, start time, process id).
+fn new_run_id(name: &str, started_ms: i64) -> String {
+    let mut id = hash_text(&[name, &started_ms.to_string(), &std::process::id().to_string()]);
+    id.truncate(16); // ASCII hex: any length is a char boundary
+    id
+}
+
+/// The lease scope of a run: one per spec's sink, or one per shard.
+fn lease_scope(shard: Option<Shard>) -> String {
+    match shard {
+        None => "run".into(),
+        Some(s) => format!("shard-{}-of-{}", s.index, s.count),
+    }
+}
+
+fn take_lease(layout: &SinkLayout, local: bool, scope: &str, run_id: &str, wait: bool, ignore: bool) -> Result<Option<Lease>> {
+    if ignore || !local {
+        return Ok(None);
+    }
+    Lease::acquire(&layout.leases(), scope, run_id, &LeaseOptions { wait, ..LeaseOptions::default() }).map(Some)
+}
+
+async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSummary> {
+    // First: a signal at any later moment must be handled.
+    let stop = signals::install()?;
+    let started = Instant::now();
+    let started_ms = now_ms();
+    let run_id = new_run_id(&spec.name, started_ms);
+    let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
+    let local = !spec.sink.dir.contains("://");
+    if local {
+        std::fs::create_dir_all(&layout.dir).map_err(|e| Error::io(&layout.dir, e))?;
+    }
+    let _lease = take_lease(&layout, local, &lease_scope(options.shard), &run_id, options.wait_for_lease, options.ignore_lease)?;
+    let store = ResultStore::new(layout.results());
+    let quarantine = ResultStore::new(layout.quarantine());
+
+    // The model, loaded before anything is read so a bad model fails fast.
+    let model_dir = spec.resolve(&spec.model.dir);
+    let model = load_model(model_dir.clone(), model_options(spec)).await?;
+    if let Some(reason) = &model.backend_info().fallback {
+        eprintln!("gemma-batch: using the CPU: {reason}");
+    }
+    let info = model.backend_info().clone();
+    let filters = Filters::load(spec)?;
+    let policy_model = match filters.policy_model_dir() {
+        // A policy model named by a filter set runs like the main one, in its default variant.
+        Some(dir) if dir != model_dir => {
+            Some(load_model(dir, ModelOptions { variant: ModelOptions::default().variant, ..model_options(spec) }).await?)
+        }
+        _ => None,
+    };
+    let templates = Templates::new(spec, crate::source::column_names(spec)?.as_deref())?;
+    let provenance = Provenance {
+        run_id: run_id.clone(),
+        backend: crate::util::enum_name(&info.backend),
+        device: info.device.clone(),
+        dtype: spec.model.dtype.name().to_string(),
+        model_id: model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        model_hash: crate::model::model_hash(&model_dir, spec.model.dtype)?,
+        filter_sets: filters.label.clone(),
+        shard: options.shard.map(|s| s.label()),
+    };
+
+    store.ensure_exists().await?;
+    quarantine.ensure_exists().await?;
+    let state = sink_state(&layout, &store, &quarantine, options.shard).await?;
+    let failed_before = state.failed.keys().cloned().collect();
+    let state = Arc::new(state);
+
+    let batch_size = spec.model.batch_size;
+    let (item_tx, item_rx) = mpsc::channel::<WorkItem>(batch_size * 2);
+    let (prep_tx, prep_rx) = mpsc::channel::<PreparedItem>(batch_size * 2);
+    let (row_tx, mut row_rx) = mpsc::channel::<Finished>(batch_size * 4);
+    let counters = Arc::new(Counters::default());
+    let stale = Arc::new(std::sync::Mutex::new(Vec::new()));
+
+    // Stage 1: rows to work items.
+    let reader = Reader {
+        spec: spec.clone(),
+        templates,
+        state,
+        counters: counters.clone(),
+        stop: stop.clone(),
+        provenance: provenance.clone(),
+        options: options.clone(),
+        item_tx,
+        row_tx: row_tx.clone(),
+        stale: stale.clone(),
+    };
+    let reader = tokio::task::spawn_blocking(move || reader.run());
+
+    // Stage 2: input filters, images and tokens.
+    let prepare = PrepareStage {
+        preparer: model.preparer(),
+        tasks: spec.tasks.clone(),
+        provenance: provenance.clone(),
+        filters: filters.clone(),
+        item_rx,
+        prep_tx,
+        row_tx: row_tx.clone(),
+    };
+    let preparer = tokio::task::spawn_blocking(move || prepare.run());
+
+    // Stage 3: the model, on its own thread, in batches of one task each.
+    let stage = ModelStage {
+        tasks: spec.tasks.clone(),
+        provenance: provenance.clone(),
+        filters: filters.clone(),
+        row_tx,
+        policy_model,
+        policy_cache: policy_cache::PolicyCache::from_env(),
+    };
+    let model_thread = std::thread::spawn(move || model_loop(stage, model, prep_rx, batch_size));
+
+    // Stage 4: commit rows as they come.
+    let progress = Progress::new(options.quiet);
+    let mut writer = Writer::new(Destination::new(&layout, provenance.shard.clone(), &run_id), spec.sink.commit_every, failed_before, stale);
+    let mut log = LogEvery::new();
+    while let Some(f) = row_rx.recv().await {
+        writer.push(f, &counters).await?;
+        progress.update(&counters);
+        log.tick(&progress, &counters, started);
+    }
+    writer.flush().await?;
+    progress.finish();
+    let reader_result = reader.await.map_err(Error::join("the reader"))?;
+    preparer.await.map_err(Error::join("the preparer"))?;
+    model_thread.join().map_err(|_| Error::Join { stage: "the model thread".into(), message: "it panicked".into() })?;
+    reader_result?;
+
+    let get = |c: &std::sync::atomic::AtomicU64| Counters::get(c);
+    let (failed, failed_not_retried) = (get(&counters.failed), get(&counters.failed_kept));
+    let mut summary = RunSummary {
+        run_id: run_id.clone(),
+        rows_read: get(&counters.rows),
+        items: get(&counters.items),
+        skipped: get(&counters.skipped),
+        duplicates: get(&counters.duplicates),
+        retried: get(&counters.retried),
+        done: get(&counters.done),
+        failed,
+        failed_not_retried,
+        failed_in_table: failed + failed_not_retried,
+        quarantined: get(&counters.quarantined),
+        interrupted: stop.stopped(),
+        signal: stop.signal(),
+        version: writer.version,
+        results: layout.results(),
+        quarantine: layout.quarantine(),
+        runs: layout.runs(),
+        model_hash: provenance.model_hash.clone(),
+        filter_sets: provenance.filter_sets.clone(),
+        elapsed_s: started.elapsed().as_secs_f64(),
+        by_task: Vec::new(),
+    };
+    if options.shard.is_none() {
+        summary.by_task = summary::task_summary(&store, &run_id).await?;
+        export(spec, &store).await?;
+    }
+    let record = RunRecord::new(&run_id, spec, &provenance.json(), &serde_json::to_value(&summary).unwrap_or_default(), started_ms, now_ms());
+    RunStore::new(layout.runs()).append(&record).await?;
+    Ok(summary)
+}
+
+/// What the sink holds for this run: committed rows in either table and, for a shard, what
+/// any shard has staged but not committed yet.
+async fn sink_state(layout: &SinkLayout, store: &ResultStore, quarantine: &ResultStore, shard: Option<Shard>) -> Result<SinkState> {
+    let mut state = store.state().await?;
+    state.done.extend(quarantine.keys().await?);
+    let (pending, pending_quarantine) = (PendingDir::new(layout.pending()), PendingDir::new(layout.pending_quarantine()));
+    let staged = pending.list()?.len() + pending_quarantine.list()?.len();
+    if shard.is_none() && staged > 0 {
+        return Err(Error::Sink(format!(
+            "{} holds {staged} uncommitted shard results; run `gemma-batch commit` on this spec first",
+            layout.dir.display()
+        )));
+    }
+    for dir in [pending, pending_quarantine] {
+        for k in dir.keys().await? {
+            state.failed.remove(&k);
+            state.done.insert(k);
+        }
+    }
+    Ok(state)
+}
+
+/// The model thread: batches of one task each, `batch_size` at a time, the rest at the end.
+fn model_loop(mut stage: ModelStage, mut model: Gemma4, mut prep_rx: mpsc::Receiver<PreparedItem>, batch_size: usize) {
+    let mut waiting: std::collections::BTreeMap<usize, Vec<PreparedItem>> = Default::default();
+    while let Some(p) = prep_rx.blocking_recv() {
+        let queue = waiting.entry(p.item.task).or_default();
+        queue.push(p);
+        if queue.len() >= batch_size {
+            let batch = std::mem::take(queue);
+            if !stage.run_batch(&mut model, batch) {
+                return;
+            }
+        }
+    }
+    for (_, batch) in waiting {
+        if !batch.is_empty() && !stage.run_batch(&mut model, batch) {
+            return;
+        }
+    }
+}
+
+/// Writes the spec's Parquet / JSON lines exports of all results.
+async fn export(spec: &PipelineSpec, store: &ResultStore) -> Result<()> {
+    let parquet = spec.sink.parquet.as_ref().map(|p| spec.resolve(p));
+    let jsonl = spec.sink.jsonl.as_ref().map(|p| spec.resolve(p));
+    crate::sink::export::export(store, parquet.as_deref(), jsonl.as_deref()).await
+}
+
+/// What `commit` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CommitSummary {
+    /// The new results version (None when nothing changed).
+    pub version: Option<u64>,
+    /// Staged datasets merged (results and quarantine).
+    pub staged: usize,
+    /// Rows in them (a key staged twice counts twice; it is stored once).
+    pub rows: usize,
+}
+
+/// Commits every shard's staged results (and quarantined rows) into the tables. Safe to run
+/// at any time, also while shards are running, and twice.
+pub fn commit(spec: &PipelineSpec, wait_for_lease: bool) -> Result<CommitSummary> {
+    crate::util::runtime(0)?.block_on(async {
+        let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
+        let local = !spec.sink.dir.contains("://");
+        let run_id = new_run_id("commit", now_ms());
+        let _lease = take_lease(&layout, local, "commit", &run_id, wait_for_lease, false)?;
+        let store = ResultStore::new(layout.results());
+        let quarantine = ResultStore::new(layout.quarantine());
+        let (_, q_staged, q_keys) = PendingDir::new(layout.pending_quarantine()).commit_into(&quarantine).await?;
+        store.delete_failed(&q_keys).await?;
+        let (version, staged, keys) = PendingDir::new(layout.pending()).commit_into(&store).await?;
+        if version.is_some() {
+            export(spec, &store).await?;
+        }
+        Ok(CommitSummary { version, staged: staged + q_staged, rows: keys.len() + q_keys.len() })
+    })
+}

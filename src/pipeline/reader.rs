@@ -1,0 +1,128 @@
+//! Stage 1: read rows, render each task's prompts, and decide for each (row, task, prompt)
+//! key whether this run works on it: not another shard's, not done, not already issued by
+//! this run, and (for a key that failed before) allowed another attempt.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use super::progress::Counters;
+use super::signals::StopFlag;
+use super::tasks::{item_key, prompt_hash, Provenance, Templates, WorkItem};
+use super::{Finished, RunOptions};
+use crate::error::Result;
+use crate::filters::Outcome;
+use crate::sink::SinkState;
+use crate::spec::PipelineSpec;
+
+pub(crate) struct Reader {
+    pub spec: PipelineSpec,
+    pub templates: Templates,
+    pub state: Arc<SinkState>,
+    pub counters: Arc<Counters>,
+    pub stop: StopFlag,
+    pub provenance: Provenance,
+    pub options: RunOptions,
+    pub item_tx: mpsc::Sender<WorkItem>,
+    pub row_tx: mpsc::Sender<Finished>,
+    /// Failed records found superseded by a done row (left by a crash); the writer deletes them.
+    pub stale: Arc<Mutex<Vec<String>>>,
+}
+
+impl Reader {
+    /// Runs to the end of the source (or a stop); Ok(()) also when a later stage has gone.
+    pub fn run(self) -> Result<()> {
+        let Reader { spec, templates, state, counters, stop, provenance, options, item_tx, row_tx, stale } = self;
+        let filter_sets = provenance.filter_sets.clone().unwrap_or_default();
+        // Keys issued by this run: identical rows and repeated questions are worked on once.
+        let mut issued: HashSet<String> = HashSet::new();
+        let mut rows_seen = 0usize;
+        for batch in crate::source::open(&spec)? {
+            for row in batch? {
+                if stop.stopped() || options.limit.is_some_and(|l| rows_seen >= l) {
+                    return Ok(());
+                }
+                rows_seen += 1;
+                Counters::add(&counters.rows);
+                let unread_hash = crate::source::content_hash(&row.columns, None);
+                for (ti, task) in spec.tasks.iter().enumerate() {
+                    // A row that could not be read still gets the prompts (and so the keys) it
+                    // will have once it reads: a retry then replaces its failed record.
+                    let prompts: Vec<(String, Option<String>)> = match (templates.prompts(task, &row), &row.error) {
+                        (Ok(p), error) => p.into_iter().map(|p| (p, error.clone())).collect(),
+                        (Err(e), None) => vec![(String::new(), Some(e))],
+                        (Err(_), Some(e)) => vec![(String::new(), Some(e.clone()))],
+                    };
+                    for (prompt, error) in prompts {
+                        let prompt_hash = prompt_hash(task, &prompt);
+                        let key = item_key(&row.content_hash, &task.name, &prompt_hash, &provenance.model_hash, &filter_sets);
+                        if options.shard.is_some_and(|s| !s.owns(&key)) {
+                            continue;
+                        }
+                        Counters::add(&counters.items);
+                        if !issued.insert(key.clone()) {
+                            Counters::add(&counters.duplicates);
+                            continue;
+                        }
+                        // The key this (row, task) had when its content could not be read (a
+                        // missing or broken image): a failed record under it is replaced.
+                        let unread_key = (row.error.is_none() && row.content_hash != unread_hash)
+                            .then(|| item_key(&unread_hash, &task.name, &prompt_hash, &provenance.model_hash, &filter_sets))
+                            .filter(|k| state.failed.contains_key(k));
+                        if state.done.contains(&key) {
+                            Counters::add(&counters.skipped);
+                            if let Some(k) = unread_key {
+                                // Done, but a crash kept the old failed record: remove it now.
+                                stale.lock().map_err(|_| crate::Error::Join { stage: "the reader".into(), message: "lock poisoned".into() })?.push(k);
+                            }
+                            continue;
+                        }
+                        let (attempts, earlier_errors, supersedes) = match (state.failed.get(&key), unread_key) {
+                            (None, None) => (1, Vec::new(), None),
+                            (None, Some(k)) => {
+                                let f = &state.failed[&k];
+                                Counters::add(&counters.retried);
+                                (f.attempts + 1, f.errors.clone(), Some(k))
+                            }
+                            (Some(f), _) if options.retry_failed && f.attempts < options.max_attempts => {
+                                Counters::add(&counters.retried);
+                                (f.attempts + 1, f.errors.clone(), None)
+                            }
+                            (Some(_), _) => {
+                                Counters::add(&counters.failed_kept);
+                                continue;
+                            }
+                        };
+                        let item = WorkItem {
+                            input_id: row.input_id.clone(),
+                            content_hash: row.content_hash.clone(),
+                            task: ti,
+                            prompt,
+                            system: task.system.clone(),
+                            image: if task.use_image { row.image.clone() } else { None },
+                            key,
+                            prompt_hash,
+                            error,
+                            decisions: Vec::new(),
+                            attempts,
+                            earlier_errors,
+                            supersedes,
+                        };
+                        let sent = if item.error.is_some() {
+                            let mut r = provenance.row(&item, task);
+                            r.error = item.error.clone();
+                            row_tx.blocking_send(Finished::new(r, Outcome::Pass)).is_ok()
+                        } else {
+                            item_tx.blocking_send(item).is_ok()
+                        };
+                        if !sent {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! A Lance table of result rows, written only through idempotent merges on `key`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::UInt32Type;
+use arrow_array::{Array, RecordBatch};
+use futures::TryStreamExt;
+use lance::dataset::{Dataset, MergeInsertBuilder, WhenMatched, WhenNotMatched};
+
+use super::{result_schema, to_batch, ResultRow};
+use crate::error::{Error, Result};
+
+/// What a table already holds, read once at the start of a run (reruns skip what is done and
+/// retry what failed). Writes never rely on it being current: merges are idempotent.
+#[derive(Debug, Default)]
+pub struct SinkState {
+    /// Keys with a good (or filtered) row.
+    pub done: HashSet<String>,
+    /// Keys whose row failed: attempts so far and every reason, oldest first.
+    pub failed: HashMap<String, FailedKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FailedKey {
+    pub attempts: u32,
+    pub errors: Vec<String>,
+}
+
+/// A Lance dataset of result rows.
+pub struct ResultStore {
+    uri: String,
+}
+
+impl ResultStore {
+    pub fn new(uri: impl Into<String>) -> Self {
+        ResultStore { uri: uri.into() }
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    pub(crate) async fn open(&self) -> Result<Option<Dataset>> {
+        match Dataset::open(&self.uri).await {
+            Ok(ds) => Ok(Some(ds)),
+            Err(lance::Error::DatasetNotFound { .. }) | Err(lance::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::lance(&self.uri)(e)),
+        }
+    }
+
+    /// Creates the dataset (version 1, no rows) when it does not exist yet, and checks that
+    /// an existing one has this version's columns.
+    pub async fn ensure_exists(&self) -> Result<()> {
+        let schema = result_schema();
+        let ds = match self.open().await? {
+            Some(ds) => ds,
+            None => {
+                let empty = arrow_array::RecordBatchIterator::new(vec![Ok(RecordBatch::new_empty(schema.clone()))], schema.clone());
+                match Dataset::write(empty, self.uri.as_str(), None).await {
+                    Ok(ds) => ds,
+                    // Shards and overlapping runs start together: another may have created it.
+                    Err(e) => self.open().await?.ok_or_else(|| Error::lance(&self.uri)(e))?,
+                }
+            }
+        };
+        let have = arrow_schema::Schema::from(ds.schema());
+        let missing: Vec<&str> =
+            schema.fields().iter().filter(|f| have.field_with_name(f.name()).is_err()).map(|f| f.name().as_str()).collect();
+        if !missing.is_empty() {
+            return Err(Error::Sink(format!(
+                "{} was written by an older gemma-batch and lacks the columns {}; move it aside (its rows stay \
+                 readable with Lance) and rerun to rebuild it",
+                self.uri,
+                missing.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// What the table holds: done keys and failed keys with their attempts and reasons.
+    pub async fn state(&self) -> Result<SinkState> {
+        let mut state = SinkState::default();
+        let Some(ds) = self.open().await? else { return Ok(state) };
+        let err = Error::lance(&self.uri);
+        let mut scan = ds.scan();
+        scan.project(&["key", "error", "attempts", "errors"]).map_err(&err)?;
+        let mut stream = scan.try_into_stream().await.map_err(&err)?;
+        while let Some(b) = stream.try_next().await.map_err(&err)? {
+            let (keys, error, attempts, errors) =
+                (b.column(0).as_string::<i32>(), b.column(1).as_string::<i32>(), b.column(2).as_primitive::<UInt32Type>(), b.column(3).as_string::<i32>());
+            for i in 0..b.num_rows() {
+                let key = keys.value(i).to_string();
+                if error.is_null(i) {
+                    state.done.insert(key);
+                } else {
+                    let errors = if errors.is_null(i) {
+                        vec![error.value(i).to_string()]
+                    } else {
+                        serde_json::from_str(errors.value(i)).unwrap_or_else(|_| vec![error.value(i).to_string()])
+                    };
+                    state.failed.insert(key, FailedKey { attempts: attempts.value(i), errors });
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// Keys of every row (what a shard rerun or a quarantine table counts as done).
+    pub async fn keys(&self) -> Result<HashSet<String>> {
+        let mut keys = HashSet::new();
+        for b in self.read(None, Some(&["key"])).await? {
+            keys.extend(b.column(0).as_string::<i32>().iter().flatten().map(str::to_owned));
+        }
+        Ok(keys)
+    }
+
+    /// Writes rows as one version, idempotently on `key`: a new key is inserted; a stored key
+    /// is left as it is, unless its row failed, when the new row (a retry) replaces it.
+    /// Duplicate keys among `rows` keep the first. Returns the version, or None when nothing
+    /// was written.
+    pub async fn upsert(&self, rows: &[ResultRow]) -> Result<Option<u64>> {
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        self.upsert_batches(vec![to_batch(rows)?]).await
+    }
+
+    pub(crate) async fn upsert_batches(&self, batches: Vec<RecordBatch>) -> Result<Option<u64>> {
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            return Ok(None);
+        }
+        let err = Error::lance(&self.uri);
+        let ds = match self.open().await? {
+            Some(ds) => ds,
+            None => {
+                self.ensure_exists().await?;
+                self.open().await?.ok_or_else(|| Error::Sink(format!("{}: vanished after it was created", self.uri)))?
+            }
+        };
+        let before = ds.version_id();
+        let mut builder = MergeInsertBuilder::try_new(Arc::new(ds), vec!["key".to_string()]).map_err(&err)?;
+        builder
+            .when_matched(WhenMatched::UpdateIf("target.error IS NOT NULL".into()))
+            .when_not_matched(WhenNotMatched::InsertAll)
+            .source_dedupe_behavior(lance::dataset::write::merge_insert::SourceDedupeBehavior::FirstSeen)
+            .conflict_retries(20);
+        let job = builder.try_build().map_err(&err)?;
+        let (ds, _stats) = job.execute_batches(batches).await.map_err(&err)?;
+        Ok((ds.version_id() != before).then_some(ds.version_id()))
+    }
+
+    /// Deletes the failed rows of these keys (a key that a retry sent to another table).
+    pub async fn delete_failed(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let Some(mut ds) = self.open().await? else { return Ok(()) };
+        // Keys are lowercase hex digests: nothing to escape, but refuse anything else.
+        if let Some(bad) = keys.iter().find(|k| !k.chars().all(|c| c.is_ascii_hexdigit())) {
+            return Err(Error::Sink(format!("refusing to delete by key {bad:?}: not a key this program writes")));
+        }
+        for chunk in keys.chunks(1000) {
+            let list = chunk.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ");
+            ds.delete(&format!("error IS NOT NULL AND key IN ({list})")).await.map_err(Error::lance(&self.uri))?;
+        }
+        Ok(())
+    }
+
+    pub async fn version(&self) -> Result<Option<u64>> {
+        Ok(self.open().await?.map(|d| d.version_id()))
+    }
+
+    /// All rows of a version (latest when None), as record batches.
+    pub async fn read(&self, version: Option<u64>, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
+        let Some(mut ds) = self.open().await? else { return Ok(Vec::new()) };
+        let err = Error::lance(&self.uri);
+        if let Some(v) = version {
+            ds = ds.checkout_version(v).await.map_err(&err)?;
+        }
+        let mut scan = ds.scan();
+        if let Some(cols) = columns {
+            scan.project(cols).map_err(&err)?;
+        }
+        scan.try_into_stream().await.map_err(&err)?.try_collect().await.map_err(&err)
+    }
+}
