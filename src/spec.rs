@@ -68,6 +68,26 @@ pub struct SourceSpec {
     /// Rows read and held at once (memory stays bounded by this, not by the corpus).
     #[serde(default = "default_read_batch")]
     pub read_batch: usize,
+    /// Largest image file a row may name (image column paths, `images` folders); a larger
+    /// file is a failed row. Only regular files are read (not devices, FIFOs or directories).
+    #[serde(default = "default_max_image_bytes")]
+    pub max_image_bytes: u64,
+    /// Image paths in a table's image column must resolve (after `..` and symlinks) inside the
+    /// source's directory; a path outside is a failed row.
+    #[serde(default = "yes")]
+    pub confine_images: bool,
+    /// For `pdfs`: largest PDF file read; a larger one is a failed row.
+    #[serde(default = "default_max_pdf_bytes")]
+    pub max_pdf_bytes: u64,
+    /// For `pdfs`: pages read per document; the pages beyond are one failed row saying so.
+    #[serde(default = "default_max_pdf_pages")]
+    pub max_pdf_pages: usize,
+    /// For `pdfs`: a page whose box at `dpi` has more pixels than this is a failed row (not rendered).
+    #[serde(default = "default_max_page_pixels")]
+    pub max_page_pixels: u64,
+    /// For tables read line by line (JSON lines, CSV): a longer line (CSV record) is a failed row.
+    #[serde(default = "default_max_row_bytes")]
+    pub max_row_bytes: u64,
 }
 
 fn default_dpi() -> f32 {
@@ -75,6 +95,43 @@ fn default_dpi() -> f32 {
 }
 fn default_read_batch() -> usize {
     256
+}
+const MIB: u64 = 1 << 20;
+fn default_max_image_bytes() -> u64 {
+    64 * MIB
+}
+fn default_max_pdf_bytes() -> u64 {
+    256 * MIB
+}
+fn default_max_pdf_pages() -> usize {
+    1000
+}
+fn default_max_page_pixels() -> u64 {
+    40_000_000
+}
+fn default_max_row_bytes() -> u64 {
+    64 * MIB
+}
+
+/// Allowed ranges of the numeric keys, checked when a spec is loaded (`key`, min, max).
+pub const BATCH_SIZE_RANGE: (usize, usize) = (1, 256);
+pub const COMMIT_EVERY_RANGE: (usize, usize) = (1, 100_000);
+pub const READ_BATCH_RANGE: (usize, usize) = (1, 65_536);
+pub const DPI_RANGE: (f32, f32) = (1.0, 1200.0);
+pub const MAX_IMAGE_BYTES_RANGE: (u64, u64) = (1, 1 << 30);
+pub const MAX_PDF_BYTES_RANGE: (u64, u64) = (1, 4 << 30);
+pub const MAX_PDF_PAGES_RANGE: (usize, usize) = (1, 1_000_000);
+pub const MAX_PAGE_PIXELS_RANGE: (u64, u64) = (1, 1 << 28);
+pub const MAX_ROW_BYTES_RANGE: (u64, u64) = (1, 1 << 30);
+
+/// `key = value` must lie in `range` (inclusive); the error names the key and the range.
+fn check_range<T: PartialOrd + std::fmt::Display>(key: &str, value: T, (lo, hi): (T, T)) -> std::result::Result<(), String> {
+    // Written so that NaN fails too.
+    if value >= lo && value <= hi {
+        Ok(())
+    } else {
+        Err(format!("{key} = {value} is out of range: allowed {lo}..={hi}"))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -246,9 +303,121 @@ impl PipelineSpec {
                 return Err(format!("task {:?}: top_p must be in (0, 1]", t.name));
             }
         }
-        if self.model.batch_size == 0 || self.sink.commit_every == 0 || self.source.read_batch == 0 {
-            return Err("batch_size, commit_every and read_batch must be at least 1".into());
-        }
+        self.check_bounds()
+    }
+
+    /// Every numeric key that sizes an allocation or a loop is range-checked here, so a typo
+    /// (`batch_size = 100000`) is a spec error naming the key, not an out-of-memory later.
+    fn check_bounds(&self) -> std::result::Result<(), String> {
+        let s = &self.source;
+        check_range("model.batch_size", self.model.batch_size, BATCH_SIZE_RANGE)?;
+        check_range("sink.commit_every", self.sink.commit_every, COMMIT_EVERY_RANGE)?;
+        check_range("source.read_batch", s.read_batch, READ_BATCH_RANGE)?;
+        check_range("source.dpi", s.dpi, DPI_RANGE)?;
+        check_range("source.max_image_bytes", s.max_image_bytes, MAX_IMAGE_BYTES_RANGE)?;
+        check_range("source.max_pdf_bytes", s.max_pdf_bytes, MAX_PDF_BYTES_RANGE)?;
+        check_range("source.max_pdf_pages", s.max_pdf_pages, MAX_PDF_PAGES_RANGE)?;
+        check_range("source.max_page_pixels", s.max_page_pixels, MAX_PAGE_PIXELS_RANGE)?;
+        check_range("source.max_row_bytes", s.max_row_bytes, MAX_ROW_BYTES_RANGE)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+[source]
+kind = "jsonl"
+path = "rows.jsonl"
+[model]
+dir = "model"
+[[task]]
+name = "c"
+kind = "caption"
+[sink]
+dir = "out"
+"#;
+
+    /// Loads MINIMAL with `extra` lines appended to the table `[table]`.
+    fn load_with(table: &str, extra: &str) -> Result<PipelineSpec> {
+        let dir = tempfile::tempdir().unwrap();
+        let text = MINIMAL.replace(&format!("[{table}]\n"), &format!("[{table}]\n{extra}\n"));
+        assert_ne!(text, MINIMAL, "no [{table}] in the spec");
+        let path = dir.path().join("spec.toml");
+        std::fs::write(&path, text).unwrap();
+        PipelineSpec::load(&path)
+    }
+
+    fn spec_error(table: &str, extra: &str) -> String {
+        match load_with(table, extra) {
+            Err(Error::Spec { message, .. }) => message,
+            Err(other) => panic!("{extra}: not a spec error: {other}"),
+            Ok(_) => panic!("{extra}: should be rejected"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_within_their_ranges() {
+        let spec = load_with("source", "").unwrap();
+        let s = &spec.source;
+        assert_eq!((s.read_batch, s.dpi, s.confine_images), (256, 96.0, true));
+        assert_eq!((s.max_image_bytes, s.max_pdf_bytes, s.max_row_bytes), (64 << 20, 256 << 20, 64 << 20));
+        assert_eq!((s.max_pdf_pages, s.max_page_pixels), (1000, 40_000_000));
+        assert_eq!((spec.model.batch_size, spec.sink.commit_every), (8, 64));
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key_and_the_range() {
+        let cases = [
+            ("model", "batch_size = 0", "model.batch_size = 0 is out of range: allowed 1..=256"),
+            ("model", "batch_size = 100000", "model.batch_size = 100000 is out of range: allowed 1..=256"),
+            ("sink", "commit_every = 0", "sink.commit_every = 0 is out of range: allowed 1..=100000"),
+            ("sink", "commit_every = 1000001", "sink.commit_every = 1000001 is out of range: allowed 1..=100000"),
+            ("source", "read_batch = 0", "source.read_batch = 0 is out of range: allowed 1..=65536"),
+            ("source", "read_batch = 10000000", "source.read_batch = 10000000 is out of range"),
+            ("source", "dpi = 0", "source.dpi = 0 is out of range: allowed 1..=1200"),
+            ("source", "dpi = 5000", "source.dpi = 5000 is out of range: allowed 1..=1200"),
+            ("source", "dpi = -3.5", "source.dpi = -3.5 is out of range"),
+            ("source", "dpi = nan", "source.dpi = NaN is out of range"),
+            ("source", "dpi = inf", "source.dpi = inf is out of range"),
+            ("source", "max_image_bytes = 0", "source.max_image_bytes = 0 is out of range"),
+            ("source", "max_image_bytes = 99999999999", "source.max_image_bytes = 99999999999 is out of range"),
+            ("source", "max_pdf_bytes = 0", "source.max_pdf_bytes = 0 is out of range"),
+            ("source", "max_pdf_pages = 0", "source.max_pdf_pages = 0 is out of range: allowed 1..=1000000"),
+            ("source", "max_page_pixels = 0", "source.max_page_pixels = 0 is out of range"),
+            ("source", "max_row_bytes = 0", "source.max_row_bytes = 0 is out of range"),
+        ];
+        for (table, line, want) in cases {
+            let e = spec_error(table, line);
+            assert!(e.contains(want), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_ends_of_each_range_are_allowed() {
+        for (table, line) in [
+            ("model", "batch_size = 1"),
+            ("model", "batch_size = 256"),
+            ("sink", "commit_every = 1"),
+            ("sink", "commit_every = 100000"),
+            ("source", "read_batch = 1"),
+            ("source", "read_batch = 65536"),
+            ("source", "dpi = 1"),
+            ("source", "dpi = 1200"),
+            ("source", "max_pdf_pages = 1"),
+            ("source", "confine_images = false"),
+        ] {
+            load_with(table, line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_negative_count_is_a_spec_error_too() {
+        // usize keys: TOML's -1 does not deserialise; the message still names the key.
+        let e = spec_error("model", "batch_size = -1");
+        assert!(e.contains("batch_size"), "{e}");
     }
 }
