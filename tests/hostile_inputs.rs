@@ -6,86 +6,22 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use gemma_batch::sink::{to_polars, ResultStore};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs `gemma-batch run SPEC --quiet --json`, killing it (and failing) after `limit`.
-fn run(spec: &Path, limit: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma-batch"))
-        .arg("run")
-        .arg(spec)
-        .args(["--quiet", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run gemma-batch");
-    // Drain the pipes on threads so that a chatty child cannot block on a full pipe.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut b).ok();
-        b
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut stderr, &mut b).ok();
-        b
-    });
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if t0.elapsed() > limit {
-            child.kill().ok();
-            child.wait().ok();
-            let stderr = String::from_utf8_lossy(&err_t.join().unwrap()).into_owned();
-            panic!("gemma-batch did not finish within {limit:?} (a hang?); stderr: {stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Output { status, stdout: out_t.join().unwrap(), stderr: err_t.join().unwrap() }
-}
+mod common;
+use common::{repo, run_within as run, summary};
 
 const LIMIT: Duration = Duration::from_secs(300);
-
-fn summary(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim())
-        .unwrap_or_else(|_| panic!("no JSON summary (exit {:?}); stderr: {}", out.status.code(), String::from_utf8_lossy(&out.stderr)))
-}
 
 fn counts(s: &serde_json::Value) -> (u64, u64) {
     (s["done"].as_u64().unwrap_or(u64::MAX), s["failed"].as_u64().unwrap_or(u64::MAX))
 }
 
-/// A spec in `dir` over `source` (absolute paths) with `tasks`; results in `dir/out`.
 fn write_spec(dir: &Path, source: &str, tasks: &str) -> PathBuf {
-    let spec = format!(
-        r#"name = "hostile"
-{source}
-[model]
-dir = "{model}"
-device = "cpu"
-batch_size = 8
-{tasks}
-[sink]
-dir = "{out}"
-commit_every = 64
-"#,
-        model = repo().join("models/tiny-gemma4").display(),
-        out = dir.join("out").display(),
-    );
-    let path = dir.join("spec.toml");
-    std::fs::write(&path, spec).unwrap();
-    path
+    common::write_spec(dir, source, tasks, "")
 }
 
 /// A text task: one model call a row, one token.
@@ -369,7 +305,7 @@ fn out_of_range_spec_values_are_refused_before_any_row() {
     std::fs::write(tmp.path().join("rows.jsonl"), "{\"id\": \"a\"}\n").unwrap();
     let source = format!("[source]\nkind = \"jsonl\"\npath = \"{}\"\n", tmp.path().join("rows.jsonl").display());
     let spec = write_spec(tmp.path(), &source, TEXT_TASK);
-    let text = std::fs::read_to_string(&spec).unwrap().replace("batch_size = 8", "batch_size = 1000000");
+    let text = std::fs::read_to_string(&spec).unwrap().replace("batch_size = 4", "batch_size = 1000000");
     std::fs::write(&spec, text).unwrap();
     let out = run(&spec, LIMIT);
     assert!(!out.status.success());
