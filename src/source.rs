@@ -23,7 +23,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
-use sha2::{Digest, Sha256};
+use crate::util::sha256_hex;
 
 use crate::error::{Error, Result};
 use crate::spec::{PipelineSpec, SourceKind, SourceSpec};
@@ -114,14 +114,6 @@ fn source_err(path: &Path, message: impl std::fmt::Display) -> Error {
     Error::Source { source_name: path.display().to_string(), message: message.to_string() }
 }
 
-fn sha256_hex(parts: &[&[u8]]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    format!("{:x}", h.finalize())
-}
 
 pub(crate) fn content_hash(columns: &serde_json::Map<String, serde_json::Value>, image: Option<&[u8]>) -> String {
     // The map keeps the file's column order, so the text is the same on every read.
