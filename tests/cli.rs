@@ -88,15 +88,31 @@ fn errors_name_the_problem_and_the_fix() {
     assert!(!out.status.success() && err.contains("setup-onnxruntime.sh"), "{err}");
 }
 
+/// `--device auto` with the CPU build of ONNX Runtime (which has no CUDA execution provider)
+/// must fall back and say why; `--device cpu` asks for no fallback and reports none.
 #[test]
 fn device_auto_without_cuda_falls_back_and_says_so() {
-    let out = gemma_batch(&["generate", "--model", model_dir().to_str().unwrap(), "--prompt", "Hello", "--max-new-tokens", "2"]);
+    let cpu_library = gemma_batch::model::backend::ort::default_library_path(false)
+        .filter(|p| p.exists())
+        .expect("the CPU ONNX Runtime library is needed for this test: run `bash tools/setup-onnxruntime.sh`");
+    let run = |device: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gemma-batch"))
+            .args(["generate", "--model", model_dir().to_str().unwrap(), "--device", device])
+            .args(["--prompt", "Hello", "--max-new-tokens", "2", "--json"])
+            .env("ORT_DYLIB_PATH", &cpu_library)
+            .output()
+            .unwrap()
+    };
+    let out = run("auto");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    // This machine's library may have CUDA; then there is nothing to report.
-    if !err.is_empty() {
-        assert!(err.contains("using the CPU"), "{err}");
-    }
+    assert!(err.contains("using the CPU") && err.contains("no CUDA execution provider"), "no fallback reported: {err:?}");
+    assert_eq!(stdout_json(&out)["device"], "cpu");
+
+    let out = run("cpu");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("using the CPU"), "--device cpu reported a fallback: {err}");
 }
 
 #[test]

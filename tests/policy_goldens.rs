@@ -30,6 +30,7 @@ fn check(kind: BackendKind) {
     let model_dir = root.join("models/tiny-gemma4");
     let goldens: Goldens =
         serde_json::from_str(&std::fs::read_to_string(model_dir.join("goldens/policy.json")).unwrap()).unwrap();
+    assert!(!goldens.cases.is_empty(), "no policy goldens");
     let set = FilterSet::load(&root.join("filters/default.toml")).unwrap();
     let policy = set.policy().expect("the default set has a policy filter");
     let options = ModelOptions { backend: BackendOptions { kind, device: Device::Cpu, threads: 0 }, ..ModelOptions::default() };
@@ -52,7 +53,10 @@ fn check(kind: BackendKind) {
     let candidates = [goldens.yes.clone(), goldens.no.clone()];
     let mut worst = 0f64;
     for (chunk, cases) in prepared.chunks(6).zip(goldens.cases.chunks(6)) {
-        for (s, c) in model.score_batch(chunk, &candidates).unwrap().iter().zip(cases) {
+        let scores = model.score_batch(chunk, &candidates).unwrap();
+        assert_eq!(scores.len(), cases.len(), "one score row per prompt");
+        for (s, c) in scores.iter().zip(cases) {
+            assert_eq!(s.len(), 2, "one score per candidate");
             let d = (s[0].logprob - c.logprob_yes).abs().max((s[1].logprob - c.logprob_no).abs());
             worst = worst.max(d);
             assert!(d < 1e-3, "{kind:?} {} {} {}: log-prob differs by {d}", c.kind, c.item, c.category);
@@ -61,8 +65,11 @@ fn check(kind: BackendKind) {
     // And through the filter itself: P(Yes) per item and category.
     let items: Vec<PolicyItem> = goldens.cases.iter().step_by(policy.categories.len()).map(item).collect();
     let scores = policy.score(&mut model, &items).unwrap();
+    assert_eq!(scores.len(), items.len());
+    assert_eq!(items.len() * policy.categories.len(), goldens.cases.len());
     for (i, s) in scores.iter().enumerate() {
         let s = s.as_ref().unwrap();
+        assert_eq!(s.len(), policy.categories.len(), "one P(Yes) per category");
         for (k, p) in s.iter().enumerate() {
             let c = &goldens.cases[i * policy.categories.len() + k];
             assert!((p - c.p_yes).abs() < 1e-3, "{kind:?} {} {}: P(Yes) {p} vs {}", c.item, c.category, c.p_yes);

@@ -31,10 +31,13 @@ struct Case {
 /// The model under test: the bundled tiny model, or any exported model directory with
 /// `goldens/` written by `tools/reference.py` (set GEMMA_BATCH_TEST_MODEL).
 fn model_dir() -> PathBuf {
-    match std::env::var_os("GEMMA_BATCH_TEST_MODEL") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-gemma4"),
-    }
+    external_model().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-gemma4"))
+}
+
+/// The externally supplied model, if any. Only such a model may lack a variant: the
+/// committed tiny model ships every one the tests run.
+fn external_model() -> Option<PathBuf> {
+    std::env::var_os("GEMMA_BATCH_TEST_MODEL").filter(|d| !d.is_empty()).map(PathBuf::from)
 }
 
 fn goldens() -> Vec<Case> {
@@ -82,6 +85,8 @@ fn check_goldens(kind: BackendKind) {
     for case in goldens() {
         let prepared = model.prepare(&request(&case)).unwrap();
         assert_eq!(prepared.input_ids, case.input_ids, "{}: prompt token ids", case.name);
+        assert_eq!(case.images.is_empty(), case.pixel_values_shape.is_none(), "{}: image goldens go with images", case.name);
+        assert_eq!(prepared.images.len(), case.images.len(), "{}: prepared images", case.name);
         if let Some(shape) = &case.pixel_values_shape {
             let want = read_f32(&model_dir().join(format!("goldens/pixels/{}.f32", case.name)));
             let got: Vec<f32> = prepared.images.iter().flat_map(|i| i.pixel_values.iter().copied()).collect();
@@ -200,9 +205,17 @@ fn every_variant_runs_on_both_backends() {
     let cases = goldens();
     for kind in [BackendKind::Ort, BackendKind::Tract] {
         for variant in [Variant::Fp16, Variant::Q4, Variant::Quantized] {
-            if gemma_batch::model::files::graph_path(&model_dir(), "decoder_model_merged", variant).is_err() {
-                eprintln!("{variant:?} is not exported for {}; skipped", model_dir().display());
-                continue;
+            if let Err(e) = gemma_batch::model::files::graph_path(&model_dir(), "decoder_model_merged", variant) {
+                match external_model() {
+                    Some(dir) => {
+                        println!(
+                            "SKIPPED: {kind:?} {variant:?}: GEMMA_BATCH_TEST_MODEL={} has no {variant:?} export ({e})",
+                            dir.display()
+                        );
+                        continue;
+                    }
+                    None => panic!("the committed tiny model must ship the {variant:?} variant: {e}"),
+                }
             }
             let options = ModelOptions {
                 backend: BackendOptions { kind, device: Device::Cpu, threads: 0 },
@@ -218,7 +231,8 @@ fn every_variant_runs_on_both_backends() {
                 assert!(logits.iter().all(|v| v.is_finite()), "{kind:?} {variant:?} {name}: non-finite logits");
                 worst = worst.max(max_abs(&logits, &case.first_step_logits));
                 let out = model.generate(std::slice::from_ref(&prepared), &greedy(6)).unwrap().remove(0);
-                assert!(!out.token_ids.is_empty());
+                let stopped = out.token_ids.last().is_some_and(|t| model.eos_ids().contains(t));
+                assert!(out.token_ids.len() == 6 || stopped, "{kind:?} {variant:?} {name}: {:?}", out.token_ids);
             }
             eprintln!("{kind:?} {variant:?}: max |logits - fp32 reference| {worst:.3e}");
             if variant == Variant::Fp16 {

@@ -175,3 +175,342 @@ pub fn io_specs(proto: &pb::ModelProto) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
     let outputs = graph.output.iter().map(spec).collect();
     (inputs, outputs)
 }
+
+/// Model files outside `onnx/` that change what a variant computes (processor configs only
+/// when present).
+const MODEL_FILES: [&str; 7] = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "processor_config.json",
+];
+
+/// The files a variant's outputs depend on, relative to the model directory, in hashing
+/// order: the JSON and template files that exist, then for each graph the model loads
+/// (`embed_tokens`, `vision_encoder` when config.json has a vision tower,
+/// `decoder_model_merged`) `onnx/{graph}{suffix}.onnx` and its external data files
+/// `onnx/{graph}{suffix}.onnx_data`, `..._data_1`, .... Other variants' files are not part of it.
+pub fn variant_files(dir: &Path, variant: Variant) -> Result<Vec<String>> {
+    let mut files: Vec<String> = MODEL_FILES.iter().filter(|f| dir.join(f).is_file()).map(|f| f.to_string()).collect();
+    // Gemma4::load opens the vision encoder only when config.json has a vision tower; an
+    // unreadable config.json (which fails the load anyway) counts the encoder in if it exists.
+    let has_vision = std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .map(|v| v.get("vision_config").is_some_and(|c| !c.is_null()))
+        .unwrap_or_else(|| dir.join("onnx").join(format!("{VISION_ENCODER}{}.onnx", variant.suffix())).exists());
+    let graphs: &[&str] = if has_vision { &[EMBED_TOKENS, VISION_ENCODER, DECODER] } else { &[EMBED_TOKENS, DECODER] };
+    let onnx = dir.join("onnx");
+    let names: Vec<String> = match std::fs::read_dir(&onnx) {
+        Ok(entries) => entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect(),
+        Err(_) => Vec::new(),
+    };
+    for graph in graphs {
+        let path = graph_path(dir, graph, variant)?;
+        let file = path.file_name().and_then(|n| n.to_str()).expect("built from UTF-8 names").to_string();
+        let base = format!("{file}_data");
+        // `{file}_data` first, then `{file}_data_1`, `_2`, ... in numeric order.
+        let mut data: Vec<(u64, &String)> = names
+            .iter()
+            .filter_map(|n| {
+                let rest = n.strip_prefix(&base)?;
+                if rest.is_empty() {
+                    return Some((0, n));
+                }
+                let digits = rest.strip_prefix('_')?;
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                Some((digits.parse::<u64>().ok()?.saturating_add(1), n))
+            })
+            .collect();
+        data.sort();
+        files.push(format!("onnx/{file}"));
+        files.extend(data.into_iter().map(|(_, n)| format!("onnx/{n}")));
+    }
+    Ok(files)
+}
+
+/// Content hash of the files of `variant` in `dir` ([`variant_files`]): it names the model in
+/// result keys and provenance, so it changes exactly when one of those files does. Each
+/// tree is hashed once per process and remembered on disk under
+/// `CACHE_DIR/model-hash/` ([cache directory](super::backend::cache_dir)), keyed on the
+/// canonical path, size and modification time (ns) of every file, so later runs do not
+/// reread the weights. An unreadable or corrupt cache is ignored.
+pub fn model_hash(dir: &Path, variant: Variant) -> Result<String> {
+    let cache = super::backend::cache_dir().map(|d| d.join("model-hash"));
+    Ok(hash_with(dir, variant, cache.as_deref(), true)?.0)
+}
+
+/// Where a hash came from (for tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HashSource {
+    Memory,
+    Disk,
+    Computed,
+}
+
+/// Hashes computed in this process, by the key of the files' metadata.
+static MEMORY: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+    std::sync::OnceLock::new();
+
+fn memory() -> std::sync::MutexGuard<'static, std::collections::HashMap<String, String>> {
+    MEMORY.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CacheEntry {
+    key: String,
+    hash: String,
+}
+
+fn is_hex_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Key of the files' identity and metadata: canonical path, size and mtime in ns of each
+/// file. None when a modification time cannot be read (then nothing is cached).
+fn metadata_key(dir: &Path, variant: Variant, files: &[String]) -> Result<Option<String>> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(variant.name().as_bytes());
+    let mut complete = true;
+    for rel in files {
+        let path = dir.join(rel);
+        let canonical = path.canonicalize().map_err(|e| Error::io(&path, e))?;
+        let meta = std::fs::metadata(&canonical).map_err(|e| Error::io(&path, e))?;
+        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        let Some(mtime) = mtime else {
+            complete = false;
+            break;
+        };
+        h.update([0]);
+        h.update(canonical.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        h.update(meta.len().to_le_bytes());
+        h.update(mtime.as_nanos().to_le_bytes());
+    }
+    Ok(complete.then(|| format!("{:x}", h.finalize())))
+}
+
+/// Reads every file: each contributes its relative name, its size and its bytes.
+fn content_hash(dir: &Path, files: &[String]) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut h = sha2::Sha256::new();
+    h.update(b"gemma-batch model files v2\n");
+    let mut buffer = vec![0u8; 1 << 20];
+    for rel in files {
+        let path = dir.join(rel);
+        let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let size = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        h.update(rel.as_bytes());
+        h.update([0]);
+        h.update(size.to_le_bytes());
+        loop {
+            let n = file.read(&mut buffer).map_err(|e| Error::io(&path, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buffer[..n]);
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers see the old
+/// file or the new one, never a part. Best effort: the cache is an optimisation.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn hash_with(dir: &Path, variant: Variant, cache: Option<&Path>, use_memory: bool) -> Result<(String, HashSource)> {
+    use sha2::Digest;
+    let files = variant_files(dir, variant)?;
+    let key = metadata_key(dir, variant, &files)?;
+    if let (true, Some(k)) = (use_memory, &key) {
+        if let Some(hash) = memory().get(k) {
+            return Ok((hash.clone(), HashSource::Memory));
+        }
+    }
+    // One cache file per (model directory, variant), replaced when the files change.
+    let cache_file = match (cache, dir.canonicalize()) {
+        (Some(c), Ok(canonical)) => {
+            let mut h = sha2::Sha256::new();
+            h.update(canonical.as_os_str().as_encoded_bytes());
+            h.update([0]);
+            h.update(variant.name().as_bytes());
+            let id = format!("{:x}", h.finalize());
+            Some(c.join(format!("{}.json", &id[..32])))
+        }
+        _ => None,
+    };
+    if let (Some(k), Some(f)) = (&key, &cache_file) {
+        let cached = std::fs::read(f).ok().and_then(|b| serde_json::from_slice::<CacheEntry>(&b).ok());
+        if let Some(entry) = cached.filter(|e| &e.key == k && is_hex_digest(&e.hash)) {
+            if use_memory {
+                memory().insert(k.clone(), entry.hash.clone());
+            }
+            return Ok((entry.hash, HashSource::Disk));
+        }
+    }
+    let hash = content_hash(dir, &files)?;
+    // Remember it only if no file changed while it was read.
+    if let Some(k) = key.filter(|k| metadata_key(dir, variant, &files).ok().flatten().as_ref() == Some(k)) {
+        if let Some(f) = &cache_file {
+            let entry = serde_json::to_vec(&CacheEntry { key: k.clone(), hash: hash.clone() }).expect("serialisable");
+            let _ = write_atomically(f, &entry);
+        }
+        if use_memory {
+            memory().insert(k, hash.clone());
+        }
+    }
+    Ok((hash, HashSource::Computed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-gemma4")
+    }
+
+    /// The tiny model's JSON files and its fp32 graphs.
+    fn fp32_copy() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(tiny()).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+            }
+        }
+        std::fs::create_dir(tmp.path().join("onnx")).unwrap();
+        for name in ["embed_tokens.onnx", "vision_encoder.onnx", "decoder_model_merged.onnx"] {
+            std::fs::copy(tiny().join("onnx").join(name), tmp.path().join("onnx").join(name)).unwrap();
+        }
+        tmp
+    }
+
+    fn hash(dir: &Path, variant: Variant, cache: &Path) -> (String, HashSource) {
+        hash_with(dir, variant, Some(cache), false).unwrap()
+    }
+
+    #[test]
+    fn variant_files_are_exactly_those_the_variant_loads() {
+        let files = variant_files(&tiny(), Variant::Fp32).unwrap();
+        assert_eq!(
+            files,
+            [
+                "config.json",
+                "generation_config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "chat_template.jinja",
+                "preprocessor_config.json",
+                "processor_config.json",
+                "onnx/embed_tokens.onnx",
+                "onnx/vision_encoder.onnx",
+                "onnx/decoder_model_merged.onnx",
+            ]
+        );
+        let q4 = variant_files(&tiny(), Variant::Q4).unwrap();
+        assert_eq!(&q4[7..], ["onnx/embed_tokens_q4.onnx", "onnx/vision_encoder_q4.onnx", "onnx/decoder_model_merged_q4.onnx"]);
+        // External data: the variant's own, in numeric order; another variant's or a
+        // look-alike name is not part of it.
+        let tmp = fp32_copy();
+        for name in ["decoder_model_merged.onnx_data_10", "decoder_model_merged.onnx_data", "decoder_model_merged.onnx_data_2",
+            "decoder_model_merged_q4.onnx_data", "decoder_model_merged.onnx_data_x", "decoder_model_merged.onnx_data.bak"]
+        {
+            std::fs::write(tmp.path().join("onnx").join(name), b"x").unwrap();
+        }
+        let files = variant_files(tmp.path(), Variant::Fp32).unwrap();
+        assert_eq!(
+            &files[9..],
+            ["onnx/decoder_model_merged.onnx", "onnx/decoder_model_merged.onnx_data", "onnx/decoder_model_merged.onnx_data_2",
+                "onnx/decoder_model_merged.onnx_data_10"]
+        );
+        // A missing graph of the variant is an error naming it.
+        let msg = variant_files(tmp.path(), Variant::Fp16).unwrap_err().to_string();
+        assert!(msg.contains("onnx/embed_tokens_fp16.onnx"), "{msg}");
+    }
+
+    #[test]
+    fn hash_ignores_other_variants_and_follows_the_variant_files() {
+        let tmp = fp32_copy();
+        let cache = tempfile::tempdir().unwrap();
+        let (h1, _) = hash(tmp.path(), Variant::Fp32, cache.path());
+        assert!(is_hex_digest(&h1));
+        // A q4 export added beside it does not change the fp32 hash.
+        std::fs::copy(tiny().join("onnx/decoder_model_merged_q4.onnx"), tmp.path().join("onnx/decoder_model_merged_q4.onnx")).unwrap();
+        std::fs::write(tmp.path().join("onnx/decoder_model_merged_q4.onnx_data"), b"q4 weights").unwrap();
+        assert_eq!(hash(tmp.path(), Variant::Fp32, cache.path()).0, h1);
+        // The variant's own external data does.
+        let data = tmp.path().join("onnx/decoder_model_merged.onnx_data");
+        std::fs::write(&data, b"weights").unwrap();
+        let h2 = hash(tmp.path(), Variant::Fp32, cache.path()).0;
+        assert_ne!(h2, h1);
+        std::fs::remove_file(&data).unwrap();
+        assert_eq!(hash(tmp.path(), Variant::Fp32, cache.path()).0, h1);
+        // So does config.json.
+        let config = tmp.path().join("config.json");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text.replace("\"sliding_window\": 24", "\"sliding_window\": 25")).unwrap();
+        assert_ne!(hash(tmp.path(), Variant::Fp32, cache.path()).0, h1);
+        // The hash is of content, not of where the model lives.
+        let other = fp32_copy();
+        assert_eq!(hash(other.path(), Variant::Fp32, cache.path()).0, h1);
+    }
+
+    #[test]
+    fn an_unchanged_tree_is_read_from_the_cache() {
+        let tmp = fp32_copy();
+        let cache = tempfile::tempdir().unwrap();
+        let (h1, source) = hash(tmp.path(), Variant::Fp32, cache.path());
+        assert_eq!(source, HashSource::Computed);
+        let cached: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(cached.len(), 1, "one cache file, no temporary left: {cached:?}");
+        assert_eq!(hash(tmp.path(), Variant::Fp32, cache.path()), (h1.clone(), HashSource::Disk));
+
+        // Replace the weights with different bytes of the same size and restore the mtime:
+        // the cache is trusted on (path, size, mtime), so the hash does not move...
+        let weights = tmp.path().join("onnx/decoder_model_merged.onnx");
+        let mtime = std::fs::metadata(&weights).unwrap().modified().unwrap();
+        let mut bytes = std::fs::read(&weights).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&weights, &bytes).unwrap();
+        std::fs::File::options().write(true).open(&weights).unwrap().set_modified(mtime).unwrap();
+        assert_eq!(hash(tmp.path(), Variant::Fp32, cache.path()), (h1.clone(), HashSource::Disk));
+        // ...while reading the files shows the change (so the check above can fail).
+        let fresh = tempfile::tempdir().unwrap();
+        let (h2, source) = hash(tmp.path(), Variant::Fp32, fresh.path());
+        assert_eq!(source, HashSource::Computed);
+        assert_ne!(h2, h1);
+
+        // A corrupt cache file is ignored and replaced.
+        std::fs::write(&cached[0], b"{\"key\": 1, garbage").unwrap();
+        assert_eq!(hash(tmp.path(), Variant::Fp32, cache.path()), (h2.clone(), HashSource::Computed));
+        assert_eq!(hash(tmp.path(), Variant::Fp32, cache.path()), (h2.clone(), HashSource::Disk));
+        // An unwritable cache location is no error.
+        let blocked = cache.path().join("file");
+        std::fs::write(&blocked, b"").unwrap();
+        assert_eq!(hash(tmp.path(), Variant::Fp32, &blocked.join("sub")).0, h2);
+
+        // Within a process, a second call does not touch the disk cache or the files.
+        let (h3, _) = hash_with(tmp.path(), Variant::Fp32, Some(fresh.path()), true).unwrap();
+        assert_eq!(hash_with(tmp.path(), Variant::Fp32, None, true).unwrap(), (h3, HashSource::Memory));
+    }
+}

@@ -110,6 +110,10 @@ pub struct Preparer {
     pub images: ImageProcessor,
     chat: ChatTemplate,
     has_vision: bool,
+    /// Positions the decoder may use (prompt plus generated tokens).
+    context: usize,
+    /// Embedding rows; every prompt id must be below it.
+    vocab: usize,
 }
 
 pub struct Gemma4 {
@@ -124,6 +128,7 @@ pub struct Gemma4 {
     eos: Vec<u32>,
     info: BackendInfo,
     prefill_chunk: usize,
+    context: usize,
 }
 
 fn contract(graph: &dyn Graph, message: String) -> Error {
@@ -162,6 +167,19 @@ fn cache_layers(decoder: &dyn Graph) -> Result<Vec<CacheLayer>> {
                 format!("cache input {} must have fixed head count and head size, has {:?}", spec.name, spec.shape),
             ));
         };
+        use super::config::limits::{MAX_HEADS, MAX_HEAD_DIM, MAX_LAYERS};
+        if !(1..=MAX_HEADS).contains(&(heads as u64)) || !(1..=MAX_HEAD_DIM).contains(&(head_dim as u64)) {
+            return Err(contract(
+                decoder,
+                format!(
+                    "cache input {} has {heads} heads of size {head_dim}; at most {MAX_HEADS} heads of size 1 to {MAX_HEAD_DIM} are accepted",
+                    spec.name
+                ),
+            ));
+        }
+        if index as u64 >= MAX_LAYERS {
+            return Err(contract(decoder, format!("cache input {} names layer {index}, above {MAX_LAYERS} layers", spec.name)));
+        }
         let value_in = format!("past_key_values.{index}.value");
         let key_out = format!("present.{index}.key");
         let value_out = format!("present.{index}.value");
@@ -186,6 +204,8 @@ impl Gemma4 {
         let text = &config.text_config;
         let tokenizer =
             GemmaTokenizer::load(dir, text.pad_token_id, config.image_token_id, config.boi_token_id, config.eoi_token_id)?;
+        let vocab = text.vocab_size;
+        check_special_ids(dir, &tokenizer, &generation_config, vocab)?;
         let template_path = files::require(dir, "chat_template.jinja")?;
         let template = std::fs::read_to_string(&template_path).map_err(|e| Error::io(&template_path, e))?;
         let chat = ChatTemplate::new(template, tokenizer.special.bos_text.clone(), tokenizer.special.eos_text.clone())?;
@@ -219,6 +239,18 @@ impl Gemma4 {
                     ));
                 }
             }
+            if let Some(Dim::Fixed(n)) = spec.shape.get(2) {
+                if *n != images.patch_dim() {
+                    return Err(contract(
+                        v.as_ref(),
+                        format!(
+                            "takes patches of {n} values but the processor config's patch_size {} gives {}",
+                            images.config.patch_size,
+                            images.patch_dim()
+                        ),
+                    ));
+                }
+            }
         }
         let cache = cache_layers(decoder.as_ref())?;
         if cache.is_empty() {
@@ -226,7 +258,8 @@ impl Gemma4 {
         }
         let eos = config.eos_ids(&generation_config);
         let info = loader.info();
-        let preparer = Arc::new(Preparer { tokenizer, images, chat, has_vision: vision.is_some() });
+        let context = config.context_len();
+        let preparer = Arc::new(Preparer { tokenizer, images, chat, has_vision: vision.is_some(), context, vocab });
         Ok(Gemma4 {
             dir: dir.to_path_buf(),
             config,
@@ -239,7 +272,14 @@ impl Gemma4 {
             eos,
             info,
             prefill_chunk: options.prefill_chunk.max(1),
+            context,
         })
+    }
+
+    /// Positions the decoder may use: prompt plus generated tokens
+    /// (`max_position_embeddings` in config.json).
+    pub fn context_len(&self) -> usize {
+        self.context
     }
 
     pub fn backend_info(&self) -> &BackendInfo {
@@ -349,10 +389,6 @@ impl Gemma4 {
             }
         }
         let (embeds, per_layer) = self.embed_batch(&ids, b, len, images)?;
-        let max_pos = self.config.text_config.max_position_embeddings.unwrap_or(usize::MAX);
-        if len > max_pos {
-            return Err(Error::Prompt(format!("prompt of {len} tokens exceeds the model's {max_pos} positions")));
-        }
         Ok(Batch { batch: b, len, embeds, per_layer, mask, positions })
     }
 
@@ -441,8 +477,41 @@ impl Gemma4 {
         Ok(past)
     }
 
-    /// Generates for a batch of prepared prompts; each row stops on its own.
+    /// Generates for a batch of prepared prompts; each row stops on its own, at an
+    /// end-of-generation token, at `max_new_tokens` or when the context is full (both
+    /// `length`). Fails only when the batch cannot run at all; a prompt that leaves no room
+    /// in the context (which [`Preparer::prepare`] refuses) is an error for the call, naming
+    /// the row: use [`Gemma4::generate_rows`] to get such rows back one by one.
     pub fn generate(&mut self, prompts: &[Prepared], options: &GenerationOptions) -> Result<Vec<Generation>> {
+        self.generate_rows(prompts, options)?.into_iter().collect()
+    }
+
+    /// [`Gemma4::generate`] with a result per row: a row whose prompt leaves no room in the
+    /// context gets its error and the other rows run. The outer error is for the batch
+    /// (a backend failure).
+    pub fn generate_rows(&mut self, prompts: &[Prepared], options: &GenerationOptions) -> Result<Vec<Result<Generation>>> {
+        let checks: Vec<Result<()>> = prompts.iter().enumerate().map(|(i, p)| self.check_fits(i, p.input_ids.len(), 1)).collect();
+        let runnable: Vec<&Prepared> = prompts.iter().zip(&checks).filter(|(_, c)| c.is_ok()).map(|(p, _)| p).collect();
+        let mut done = self.generate_fitting(&runnable, options)?.into_iter();
+        Ok(checks
+            .into_iter()
+            .map(|c| c.map(|()| done.next().expect("one generation per runnable row")))
+            .collect())
+    }
+
+    /// A row of `len` tokens that must leave `room` positions free in the context.
+    fn check_fits(&self, row: usize, len: usize, room: usize) -> Result<()> {
+        if len == 0 {
+            return Err(Error::Prompt(format!("row {row}: empty prompt")));
+        }
+        if len.saturating_add(room) > self.context {
+            return Err(Error::Prompt(format!("row {row}: {}", too_long(len, self.context, room, false).message())));
+        }
+        Ok(())
+    }
+
+    /// Generation for rows that are known to fit the context.
+    fn generate_fitting(&mut self, prompts: &[&Prepared], options: &GenerationOptions) -> Result<Vec<Generation>> {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
@@ -470,8 +539,10 @@ impl Gemma4 {
         let mut finished: Vec<Option<FinishReason>> = vec![None; b];
         let mut mask = batch.mask.clone();
         let mut total = len;
-        let mut next_pos: Vec<i64> = rows.iter().map(|r| r.len() as i64).collect();
-        let max_pos = self.config.text_config.max_position_embeddings.unwrap_or(usize::MAX);
+        // Position of the next token fed back, per row; a row's prompt plus its new tokens
+        // never exceed the context (rows were checked to leave at least one position).
+        let mut next_pos: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+        let context = self.context;
         let pad = self.preparer.tokenizer.special.pad;
         for step in 0..options.max_new_tokens {
             let mut next_ids = Vec::with_capacity(b);
@@ -488,7 +559,7 @@ impl Gemma4 {
                 out[r].push(token);
                 if self.eos.contains(&token) {
                     finished[r] = Some(FinishReason::Stop);
-                } else if out[r].len() >= options.max_new_tokens || next_pos[r] as usize + 1 >= max_pos {
+                } else if out[r].len() >= options.max_new_tokens || next_pos[r] + 1 >= context {
                     finished[r] = Some(FinishReason::Length);
                 }
                 next_ids.push(token as i64);
@@ -504,8 +575,13 @@ impl Gemma4 {
             }
             mask = new_mask;
             total += 1;
-            let positions = next_pos.clone();
-            next_pos.iter_mut().for_each(|p| *p += 1);
+            let positions: Vec<i64> = next_pos.iter().map(|&p| p.min(context - 1) as i64).collect();
+            // Finished rows are fed padding at a position that no longer moves.
+            for (p, f) in next_pos.iter_mut().zip(&finished) {
+                if f.is_none() {
+                    *p += 1;
+                }
+            }
             let (logits, next) = self.decode(embeds, per_layer, &mask, positions, b, 1, past)?;
             past = next;
             let data = logits.as_f32().expect("logits are float");
@@ -537,8 +613,15 @@ impl Gemma4 {
     }
 
     /// [`Gemma4::score`] for several prompts in one batch: for each prompt, the
-    /// log-probability of each candidate continuation.
+    /// log-probability of each candidate continuation. A prompt with no room in the context
+    /// for the candidates is an error for the call, naming it; [`Gemma4::score_rows`] gives
+    /// such prompts their own error and scores the rest.
     pub fn score_batch(&mut self, prompts: &[Prepared], candidates: &[String]) -> Result<Vec<Vec<CandidateScore>>> {
+        self.score_rows(prompts, candidates)?.into_iter().collect()
+    }
+
+    /// [`Gemma4::score_batch`] with a result per prompt.
+    pub fn score_rows(&mut self, prompts: &[Prepared], candidates: &[String]) -> Result<Vec<Result<Vec<CandidateScore>>>> {
         let cand_ids = candidates
             .iter()
             .map(|c| {
@@ -546,9 +629,25 @@ impl Gemma4 {
                 if ids.is_empty() {
                     return Err(Error::Prompt(format!("candidate {c:?} encodes to no tokens")));
                 }
+                if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.preparer.vocab) {
+                    return Err(Error::Prompt(format!(
+                        "candidate {c:?}: token id {bad} is outside the model's vocabulary of {}",
+                        self.preparer.vocab
+                    )));
+                }
                 Ok(ids)
             })
             .collect::<Result<Vec<_>>>()?;
+        // Scoring a candidate of n tokens predicts n positions after the prompt.
+        let room = cand_ids.iter().map(Vec::len).max().unwrap_or(1);
+        let checks: Vec<Result<()>> =
+            prompts.iter().enumerate().map(|(i, p)| self.check_fits(i, p.input_ids.len(), room)).collect();
+        let runnable: Vec<&Prepared> = prompts.iter().zip(&checks).filter(|(_, c)| c.is_ok()).map(|(p, _)| p).collect();
+        let mut done = self.score_fitting(&runnable, candidates, &cand_ids)?.into_iter();
+        Ok(checks.into_iter().map(|c| c.map(|()| done.next().expect("one score row per runnable prompt"))).collect())
+    }
+
+    fn score_fitting(&mut self, prompts: &[&Prepared], candidates: &[String], cand_ids: &[Vec<u32>]) -> Result<Vec<Vec<CandidateScore>>> {
         if cand_ids.is_empty() || prompts.is_empty() {
             return Ok(vec![Vec::new(); prompts.len()]);
         }
@@ -587,7 +686,7 @@ impl Gemma4 {
                         let pos = offset + plen - 1 + j;
                         if pos >= start && pos < start + seq {
                             let row = &data[(r * seq + pos - start) * v..(r * seq + pos - start + 1) * v];
-                            scores[pi][ci] += sampling::log_prob(row, tok as usize);
+                            scores[pi][ci] += if (tok as usize) < v { sampling::log_prob(row, tok as usize) } else { f64::NEG_INFINITY };
                         }
                     }
                 }
@@ -598,7 +697,7 @@ impl Gemma4 {
             .map(|row| {
                 candidates
                     .iter()
-                    .zip(&cand_ids)
+                    .zip(cand_ids)
                     .zip(row)
                     .map(|((c, ids), lp)| CandidateScore { candidate: c.clone(), token_ids: ids.clone(), logprob: lp })
                     .collect()
@@ -608,6 +707,7 @@ impl Gemma4 {
 
     /// First-step logits for one prompt (the last prompt position).
     pub fn first_step_logits(&mut self, prompt: &Prepared) -> Result<Vec<f32>> {
+        self.check_fits(0, prompt.input_ids.len(), 0)?;
         let batch = self.prefill_inputs(&[prompt.input_ids.as_slice()], &prompt.images.iter().collect::<Vec<_>>())?;
         let len = batch.len;
         let mut last = Vec::new();
@@ -622,6 +722,59 @@ impl Gemma4 {
     }
 }
 
+/// Why a prompt of `len` tokens does not fit: it leaves fewer than `room` positions free in
+/// a context of `context`; `at_least` when counting stopped early.
+struct TooLong {
+    len: usize,
+    context: usize,
+    room: usize,
+    at_least: bool,
+}
+
+impl TooLong {
+    fn message(&self) -> String {
+        let TooLong { len, context, room, at_least } = *self;
+        let count = if at_least { format!("at least {len}") } else { len.to_string() };
+        let need = if room <= 1 { "room to generate".to_string() } else { format!("room for {room} more tokens") };
+        format!(
+            "{count} tokens (text and image soft tokens) leave no {need} in the model's context of {context} tokens \
+             (max_position_embeddings in config.json); shorten the prompt or use smaller images"
+        )
+    }
+}
+
+fn too_long(len: usize, context: usize, room: usize, at_least: bool) -> TooLong {
+    TooLong { len, context, room, at_least }
+}
+
+impl From<TooLong> for Error {
+    fn from(t: TooLong) -> Error {
+        Error::Prompt(t.message())
+    }
+}
+
+/// Special token ids the runtime feeds to the embedding must be rows of it.
+fn check_special_ids(dir: &Path, tokenizer: &GemmaTokenizer, generation: &GenerationConfig, vocab: usize) -> Result<()> {
+    let s = &tokenizer.special;
+    for (key, id) in [("pad_token", Some(s.pad)), ("image_token", Some(s.image)), ("boi_token", Some(s.boi)), ("eoi_token", Some(s.eoi)), ("bos_token", s.bos)] {
+        if let Some(id) = id {
+            if id as usize >= vocab {
+                return Err(Error::InvalidModel {
+                    path: dir.join("tokenizer.json"),
+                    message: format!("{key} has id {id}, outside config.json text_config.vocab_size {vocab}"),
+                });
+            }
+        }
+    }
+    if let Some(&id) = generation.eos_token_id.to_vec().iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::InvalidModel {
+            path: dir.join("generation_config.json"),
+            message: format!("eos_token_id {id} is outside config.json text_config.vocab_size {vocab}"),
+        });
+    }
+    Ok(())
+}
+
 impl Preparer {
     /// Renders the chat template; images appear as the template's image token.
     pub fn render_prompt(&self, system: Option<&str>, prompt: &str, num_images: usize) -> Result<String> {
@@ -633,32 +786,54 @@ impl Preparer {
         self.chat.render(&messages, true)
     }
 
+    /// Positions the decoder may use (prompt plus generated tokens).
+    pub fn context_len(&self) -> usize {
+        self.context
+    }
+
     /// Renders, tokenizes and expands each image token to `boi + image * n + eoi`.
+    /// A prompt whose tokens (text and image soft tokens) leave no room to generate in the
+    /// model's context is refused here, naming the count and the limit, so that only its own
+    /// row fails; images are prepared one by one and counting stops as soon as the prompt
+    /// cannot fit.
     pub fn prepare(&self, request: &Request) -> Result<Prepared> {
         if !request.images.is_empty() && !self.has_vision {
             return Err(Error::Prompt("this model has no vision encoder, but images were given".into()));
         }
-        let images = request
-            .images
-            .iter()
-            .map(|src| match src {
-                ImageSource::Path(p) => self.images.prepare_path(p),
-                ImageSource::Bytes { name, bytes } => self.images.prepare_bytes(bytes, name),
-                ImageSource::Decoded { name, image } => self.images.prepare(image, name),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let text = self.render_prompt(request.system.as_deref(), &request.prompt, images.len())?;
+        let text = self.render_prompt(request.system.as_deref(), &request.prompt, request.images.len())?;
         let ids = self.tokenizer.encode(&text)?;
         let special = &self.tokenizer.special;
         let found = ids.iter().filter(|&&t| t == special.image).count();
-        if found != images.len() {
+        if found != request.images.len() {
             return Err(Error::Prompt(format!(
                 "the rendered prompt has {found} image tokens but {} images were given \
                  (does the prompt text contain an image token itself?)",
-                images.len()
+                request.images.len()
             )));
         }
-        let mut input_ids = Vec::with_capacity(ids.len() + images.iter().map(|i| i.num_soft_tokens + 2).sum::<usize>());
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(Error::Prompt(format!("token id {bad} is outside the model's vocabulary of {}", self.vocab)));
+        }
+        // Each image token becomes boi + soft tokens + eoi.
+        let mut count = ids.len() + request.images.len();
+        if count >= self.context {
+            // Soft tokens are not counted yet: the prompt is at least this long.
+            return Err(too_long(count, self.context, 1, !request.images.is_empty()).into());
+        }
+        let mut images = Vec::with_capacity(request.images.len());
+        for src in &request.images {
+            let img = match src {
+                ImageSource::Path(p) => self.images.prepare_path(p),
+                ImageSource::Bytes { name, bytes } => self.images.prepare_bytes(bytes, name),
+                ImageSource::Decoded { name, image } => self.images.prepare(image, name),
+            }?;
+            count += img.num_soft_tokens;
+            images.push(img);
+            if count >= self.context {
+                return Err(too_long(count, self.context, 1, images.len() < request.images.len()).into());
+            }
+        }
+        let mut input_ids = Vec::with_capacity(count);
         let mut next = images.iter();
         for t in ids {
             if t == special.image {
@@ -670,9 +845,9 @@ impl Preparer {
                 input_ids.push(t);
             }
         }
+        debug_assert_eq!(input_ids.len(), count);
         Ok(Prepared { input_ids, images })
     }
-
 }
 
 /// A left-padded prompt batch ready for the decoder.

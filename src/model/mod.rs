@@ -9,7 +9,7 @@ pub mod tensor;
 pub mod tokenizer;
 
 pub use backend::{BackendInfo, BackendKind, BackendOptions, Device};
-pub use files::Variant;
+pub use files::{model_hash, Variant};
 pub use gemma4::{
     CandidateScore, FinishReason, Gemma4, Generation, GenerationOptions, ImageSource, ModelOptions, Prepared,
     Preparer, Request,

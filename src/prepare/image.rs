@@ -54,6 +54,16 @@ impl ImageProcessor {
 
     pub fn prepare(&self, image: &DynamicImage, name: &str) -> Result<PreparedImage> {
         let cfg = &self.config;
+        // The model loader bounds these; a config built by hand must not divide by zero.
+        if cfg.patch_size == 0 || cfg.pooling_kernel_size == 0 || cfg.max_soft_tokens == 0 {
+            return Err(Error::Image {
+                source_name: name.to_string(),
+                message: format!(
+                    "the image processor config has patch_size {}, pooling_kernel_size {}, max_soft_tokens {}; each must be at least 1",
+                    cfg.patch_size, cfg.pooling_kernel_size, cfg.max_soft_tokens
+                ),
+            });
+        }
         let rgb = image.to_rgb8();
         let (w, h) = (rgb.width() as usize, rgb.height() as usize);
         let (th, tw) = if cfg.do_resize {
@@ -168,6 +178,14 @@ pub fn target_size(
     max_patches: usize,
     pooling: usize,
 ) -> std::result::Result<(usize, usize), String> {
+    if patch_size == 0 || pooling == 0 || max_patches == 0 {
+        return Err(format!(
+            "patch size {patch_size}, pooling {pooling} and {max_patches} patches: each must be at least 1"
+        ));
+    }
+    if height == 0 || width == 0 {
+        return Err(format!("a {width}x{height} image has no pixels"));
+    }
     let total_px = (height * width) as f64;
     let target_px = (max_patches * patch_size * patch_size) as f64;
     let factor = (target_px / total_px).sqrt();
@@ -310,6 +328,26 @@ mod tests {
         assert_eq!(target_size(1000, 40, 4, 630, 3).unwrap(), (492, 12));
         assert_eq!(target_size(1, 100000, 4, 630, 3).unwrap(), (12, 840));
         assert_eq!(target_size(3, 5000, 4, 630, 3).unwrap(), (12, 840));
+    }
+
+    #[test]
+    fn zero_sizes_are_errors_not_divisions_by_zero() {
+        assert!(target_size(8, 8, 0, 630, 3).unwrap_err().contains("patch size 0"));
+        assert!(target_size(8, 8, 4, 630, 0).unwrap_err().contains("pooling 0"));
+        assert!(target_size(8, 8, 4, 0, 3).is_err());
+        assert!(target_size(0, 8, 4, 630, 3).unwrap_err().contains("no pixels"));
+        let cfg = ImageProcessorConfig {
+            patch_size: 0,
+            max_soft_tokens: 70,
+            pooling_kernel_size: 3,
+            rescale_factor: 1.0 / 255.0,
+            do_rescale: true,
+            do_resize: false,
+            do_convert_rgb: true,
+        };
+        let img = DynamicImage::ImageRgb8(image::RgbImage::new(4, 4));
+        let msg = ImageProcessor::new(cfg).prepare(&img, "x.png").unwrap_err().to_string();
+        assert!(msg.contains("x.png") && msg.contains("patch_size 0"), "{msg}");
     }
 
     #[test]

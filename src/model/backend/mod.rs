@@ -3,10 +3,20 @@
 pub mod ort;
 pub mod tract;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::tensor::{Tensor, TensorSpec};
 use crate::error::{Error, Result};
+
+/// gemma-batch's cache directory: `$GEMMA_BATCH_CACHE`, else `$XDG_CACHE_HOME/gemma-batch`,
+/// else `~/.cache/gemma-batch` (empty variables count as unset, as in the shell scripts).
+/// Holds the ONNX Runtime library and the model-hash cache.
+pub fn cache_dir() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("GEMMA_BATCH_CACHE")
+        .or_else(|| var("XDG_CACHE_HOME").map(|p| p.join("gemma-batch")))
+        .or_else(|| var("HOME").map(|p| p.join(".cache/gemma-batch")))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -17,14 +17,10 @@ use crate::model::tensor::{DType, Dim, Tensor, TensorData, TensorSpec};
 const SETUP_HINT: &str = "run `bash tools/setup-onnxruntime.sh` (add `--gpu` for CUDA) or set ORT_DYLIB_PATH \
                           to a libonnxruntime.so from the onnxruntime Python wheel";
 
-/// Where `tools/setup-onnxruntime.sh` puts the library: `$GEMMA_BATCH_CACHE` or
-/// `$XDG_CACHE_HOME/gemma-batch` or `~/.cache/gemma-batch`, then `onnxruntime/{cpu,gpu}/`.
+/// Where `tools/setup-onnxruntime.sh` puts the library: the [cache directory](super::cache_dir),
+/// then `onnxruntime/{cpu,gpu}/`.
 pub fn default_library_path(gpu: bool) -> Option<PathBuf> {
-    let base = std::env::var_os("GEMMA_BATCH_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|p| PathBuf::from(p).join("gemma-batch")))
-        .or_else(|| std::env::var_os("HOME").map(|p| PathBuf::from(p).join(".cache/gemma-batch")))?;
-    Some(base.join("onnxruntime").join(if gpu { "gpu" } else { "cpu" }).join("libonnxruntime.so"))
+    Some(super::cache_dir()?.join("onnxruntime").join(if gpu { "gpu" } else { "cpu" }).join("libonnxruntime.so"))
 }
 
 fn library_path(device: Device) -> Result<PathBuf> {
