@@ -7,7 +7,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::UInt32Type;
 use arrow_array::{Array, RecordBatch};
 use futures::TryStreamExt;
-use lance::dataset::{Dataset, MergeInsertBuilder, WhenMatched, WhenNotMatched};
+use lance::dataset::{Dataset, MergeInsertBuilder, NewColumnTransform, WhenMatched, WhenNotMatched};
 
 use super::{result_schema, to_batch, ResultRow};
 use crate::error::{Error, Result};
@@ -50,18 +50,20 @@ impl ResultStore {
         }
     }
 
-    /// Creates the dataset (version 1, no rows) when it does not exist yet, and checks that
-    /// an existing one has this version's columns.
+    /// Creates the dataset (version 1, no rows) when it does not exist yet. A table written
+    /// by an earlier version gets the columns added since (`attempts` 1, the others null) and
+    /// `key` marked as its primary key.
     pub async fn ensure_exists(&self) -> Result<()> {
         let schema = result_schema();
-        let ds = match self.open().await? {
+        let err = Error::lance(&self.uri);
+        let mut ds = match self.open().await? {
             Some(ds) => ds,
             None => {
                 let empty = arrow_array::RecordBatchIterator::new(vec![Ok(RecordBatch::new_empty(schema.clone()))], schema.clone());
                 match Dataset::write(empty, self.uri.as_str(), None).await {
                     Ok(ds) => ds,
                     // Shards and overlapping runs start together: another may have created it.
-                    Err(e) => self.open().await?.ok_or_else(|| Error::lance(&self.uri)(e))?,
+                    Err(e) => self.open().await?.ok_or_else(|| err(e))?,
                 }
             }
         };
@@ -69,12 +71,29 @@ impl ResultStore {
         let missing: Vec<&str> =
             schema.fields().iter().filter(|f| have.field_with_name(f.name()).is_err()).map(|f| f.name().as_str()).collect();
         if !missing.is_empty() {
-            return Err(Error::Sink(format!(
-                "{} was written by an older gemma-batch and lacks the columns {}; move it aside (its rows stay \
-                 readable with Lance) and rerun to rebuild it",
-                self.uri,
-                missing.join(", ")
-            )));
+            let added: Vec<(String, String)> = missing
+                .iter()
+                .filter_map(|&name| match name {
+                    "attempts" => Some((name.to_string(), "CAST(1 AS INT UNSIGNED)".to_string())),
+                    "errors" | "filter_sets" => Some((name.to_string(), "CAST(NULL AS STRING)".to_string())),
+                    _ => None,
+                })
+                .collect();
+            if added.len() < missing.len() {
+                return Err(Error::Sink(format!(
+                    "{} is not a results table of this program (it lacks the columns {}); point sink.dir elsewhere",
+                    self.uri,
+                    missing.join(", ")
+                )));
+            }
+            ds.add_columns(NewColumnTransform::SqlExpressions(added), None, None).await.map_err(&err)?;
+        }
+        if ds.schema().unenforced_primary_key().is_empty() {
+            ds.update_field_metadata()
+                .update("key", [("lance-schema:unenforced-primary-key:position", "1")])
+                .map_err(&err)?
+                .await
+                .map_err(&err)?;
         }
         Ok(())
     }
@@ -184,5 +203,50 @@ impl ResultStore {
             scan.project(cols).map_err(&err)?;
         }
         scan.try_into_stream().await.map_err(&err)?.try_collect().await.map_err(&err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key: &str, error: Option<&str>) -> ResultRow {
+        ResultRow { key: key.into(), input_id: key.into(), error: error.map(str::to_owned), attempts: 1, ..Default::default() }
+    }
+
+    #[test]
+    fn merges_insert_once_replace_only_failed_rows_and_upgrade_old_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = crate::util::runtime(0).unwrap();
+        rt.block_on(async {
+            // A table as an earlier version wrote it: no attempts/errors/filter_sets, no primary key.
+            let uri = dir.path().join("old.lance").display().to_string();
+            let full = to_batch(&[row("aa", None), row("bb", Some("missing image"))]).unwrap();
+            let keep: Vec<usize> = (0..full.num_columns())
+                .filter(|&i| !["attempts", "errors", "filter_sets"].contains(&full.schema().field(i).name().as_str()))
+                .collect();
+            let old = full.project(&keep).unwrap();
+            let plain = arrow_schema::Schema::new(old.schema().fields().iter().map(|f| f.as_ref().clone().with_metadata(Default::default())).collect::<Vec<_>>());
+            let old = RecordBatch::try_new(Arc::new(plain), old.columns().to_vec()).unwrap();
+            let reader = arrow_array::RecordBatchIterator::new(vec![Ok(old.clone())], old.schema());
+            Dataset::write(reader, uri.as_str(), None).await.unwrap();
+
+            let store = ResultStore::new(&uri);
+            store.ensure_exists().await.unwrap();
+            let ds = store.open().await.unwrap().unwrap();
+            assert_eq!(ds.schema().unenforced_primary_key().len(), 1);
+            let state = store.state().await.unwrap();
+            assert!(state.done.contains("aa"));
+            assert_eq!(state.failed["bb"].attempts, 1);
+
+            // Same keys again: the good row stays, the failed one is replaced, a new one added.
+            store.upsert(&[row("aa", Some("should not replace")), row("bb", None), row("cc", None), row("cc", None)]).await.unwrap();
+            let state = store.state().await.unwrap();
+            assert_eq!(state.done, ["aa", "bb", "cc"].into_iter().map(String::from).collect());
+            assert!(state.failed.is_empty());
+            assert_eq!(store.keys().await.unwrap().len(), 3);
+            let rows: usize = store.read(None, Some(&["key"])).await.unwrap().iter().map(|b| b.num_rows()).sum();
+            assert_eq!(rows, 3, "one row per key");
+        });
     }
 }
