@@ -173,9 +173,9 @@ impl ModelStage {
         let options = GenerationOptions { max_new_tokens: task.max_new_tokens, sampling: sampling_of(&task) };
         let prompts: Vec<Prepared> = batch.iter().map(|p| p.prepared.clone()).collect();
         let t0 = Instant::now();
-        let result = model.generate(&prompts, &options);
+        let result = model.generate_rows(&prompts, &options);
         let latency = t0.elapsed().as_secs_f64() * 1000.0;
-        let gens = match result {
+        let results = match result {
             Ok(g) if g.len() == batch.len() => g,
             Ok(g) => {
                 let e = format!("model: {} outputs for {} prompts", g.len(), batch.len());
@@ -183,6 +183,23 @@ impl ModelStage {
             }
             Err(e) => return batch.iter().all(|p| self.send(self.finish(&p.item, &task, Some(format!("model: {e}"))))),
         };
+        // A row the model could not run is that row's failure only.
+        let mut gens = Vec::with_capacity(results.len());
+        let mut ran = Vec::with_capacity(results.len());
+        for (p, r) in batch.into_iter().zip(results) {
+            match r {
+                Ok(g) => {
+                    gens.push(g);
+                    ran.push(p);
+                }
+                Err(e) => {
+                    if !self.send(self.finish(&p.item, &task, Some(format!("model: {e}")))) {
+                        return false;
+                    }
+                }
+            }
+        }
+        let batch = ran;
 
         // Output filters: rules first (they may redact), then the policy filter on what is left.
         let mut outputs: Vec<(String, Vec<Decision>)> = gens.iter().map(|g| (g.text.clone(), Vec::new())).collect();
