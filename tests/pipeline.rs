@@ -208,6 +208,7 @@ fn sigkill_between_commits_loses_and_duplicates_nothing() {
             assert_eq!(want.get(key), Some(v), "a committed row differs from the uninterrupted run");
         }
     }
+    eprintln!("{kills_mid_run} of 5 kills landed after a commit and before the end");
     assert!(kills_mid_run >= 3, "only {kills_mid_run} kills landed after a commit and before the end");
     let out = run(&spec, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -183,6 +183,12 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
     let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
     let local = !spec.sink.dir.contains("://");
     if local {
+        if layout.dir.exists() && !layout.dir.is_dir() {
+            return Err(Error::Spec {
+                path: spec.base_dir.clone(),
+                message: format!("sink.dir {} is a file, not a directory", layout.dir.display()),
+            });
+        }
         std::fs::create_dir_all(&layout.dir).map_err(|e| Error::io(&layout.dir, e))?;
     }
     let _lease = take_lease(&layout, local, &lease_scope(options.shard), &run_id, options.wait_for_lease, options.ignore_lease)?;
