@@ -373,3 +373,29 @@ impl Tap for Command {
         self
     }
 }
+
+#[test]
+fn a_shard_that_reads_a_row_it_failed_before_replaces_the_failed_record_at_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let line = |id: &str, img: &str| serde_json::json!({"id": id, "image": img}).to_string() + "\n";
+    std::fs::write(data.join("rows.jsonl"), [line("later", "later.png"), line("other", "other.png")].concat()).unwrap();
+    let source = format!("[source]\nkind = \"jsonl\"\npath = \"{}\"\nid_column = \"id\"\nimage_column = \"image\"\n", data.join("rows.jsonl").display());
+    let spec = write_spec(tmp.path(), &source, "[[task]]\nname = \"cap\"\nkind = \"caption\"\nmax_new_tokens = 3\n", "");
+    let shard_then_commit = || {
+        let out = bin().arg("run").arg(&spec).args(["--quiet", "--shard", "0/1"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        let out = bin().arg("commit").arg(&spec).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    shard_then_commit();
+    assert_eq!(table(tmp.path(), "results.lance").height(), 2);
+    std::fs::copy(repo().join("datasets/photos/photo_000.png"), data.join("later.png")).unwrap();
+    shard_then_commit(); // `other` still fails: exit 3
+    let df = table(tmp.path(), "results.lance");
+    let (ids, errors) = (strings(&df, "input_id"), strings(&df, "error"));
+    assert_eq!(df.height(), 2, "one row per (row, task): {ids:?} {errors:?}");
+    let later = ids.iter().position(|i| i.as_deref() == Some("later")).unwrap();
+    assert_eq!(errors[later], None);
+}

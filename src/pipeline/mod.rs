@@ -224,7 +224,7 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
 
     store.ensure_exists().await?;
     quarantine.ensure_exists().await?;
-    let state = sink_state(&layout, &store, &quarantine, options.shard).await?;
+    let (state, failed_and_quarantined) = sink_state(&layout, &store, &quarantine, options.shard).await?;
     let failed_before = state.failed.keys().cloned().collect();
     let state = Arc::new(state);
 
@@ -233,7 +233,7 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
     let (prep_tx, prep_rx) = mpsc::channel::<PreparedItem>(batch_size * 2);
     let (row_tx, mut row_rx) = mpsc::channel::<Finished>(batch_size * 4);
     let counters = Arc::new(Counters::default());
-    let stale = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stale = Arc::new(std::sync::Mutex::new(failed_and_quarantined));
 
     // Stage 1: rows to work items.
     let reader = Reader {
@@ -287,7 +287,7 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
     let reader_result = reader.await.map_err(Error::join("the reader"))?;
     preparer.await.map_err(Error::join("the preparer"))?;
     model_thread.join().map_err(|_| Error::Join { stage: "the model thread".into(), message: "it panicked".into() })?;
-    reader_result?;
+    let stopped_early = reader_result?;
 
     let get = |c: &std::sync::atomic::AtomicU64| Counters::get(c);
     let (failed, failed_not_retried) = (get(&counters.failed), get(&counters.failed_kept));
@@ -303,7 +303,8 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         failed_not_retried,
         failed_in_table: failed + failed_not_retried,
         quarantined: get(&counters.quarantined),
-        interrupted: stop.stopped(),
+        // A signal after the last row was read interrupted nothing.
+        interrupted: stopped_early,
         signal: stop.signal(),
         version: writer.version,
         results: layout.results(),
@@ -324,10 +325,16 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
 }
 
 /// What the sink holds for this run: committed rows in either table and, for a shard, what
-/// any shard has staged but not committed yet.
-async fn sink_state(layout: &SinkLayout, store: &ResultStore, quarantine: &ResultStore, shard: Option<Shard>) -> Result<SinkState> {
+/// any shard has staged but not committed yet. Also returns failed records whose key is
+/// quarantined too (left by a crash between the two tables' commits), to be deleted.
+async fn sink_state(layout: &SinkLayout, store: &ResultStore, quarantine: &ResultStore, shard: Option<Shard>) -> Result<(SinkState, Vec<String>)> {
     let mut state = store.state().await?;
-    state.done.extend(quarantine.keys().await?);
+    let quarantined = quarantine.keys().await?;
+    let both: Vec<String> = state.failed.keys().filter(|k| quarantined.contains(*k)).cloned().collect();
+    for k in &both {
+        state.failed.remove(k);
+    }
+    state.done.extend(quarantined);
     let (pending, pending_quarantine) = (PendingDir::new(layout.pending()), PendingDir::new(layout.pending_quarantine()));
     let staged = pending.list()?.len() + pending_quarantine.list()?.len();
     if shard.is_none() && staged > 0 {
@@ -342,7 +349,7 @@ async fn sink_state(layout: &SinkLayout, store: &ResultStore, quarantine: &Resul
             state.done.insert(k);
         }
     }
-    Ok(state)
+    Ok((state, both))
 }
 
 /// The model thread: batches of one task each, `batch_size` at a time, the rest at the end.
@@ -393,12 +400,19 @@ pub fn commit(spec: &PipelineSpec, wait_for_lease: bool) -> Result<CommitSummary
         let _lease = take_lease(&layout, local, "commit", &run_id, wait_for_lease, false)?;
         let store = ResultStore::new(layout.results());
         let quarantine = ResultStore::new(layout.quarantine());
-        let (_, q_staged, q_keys) = PendingDir::new(layout.pending_quarantine()).commit_into(&quarantine).await?;
-        store.delete_failed(&q_keys).await?;
-        let (version, staged, keys) = PendingDir::new(layout.pending()).commit_into(&store).await?;
-        if version.is_some() {
+        let (q_dir, r_dir) = (PendingDir::new(layout.pending_quarantine()), PendingDir::new(layout.pending()));
+        let q = q_dir.commit_into(&quarantine).await?;
+        let r = r_dir.commit_into(&store).await?;
+        // Failed records replaced by what was just committed: a key now quarantined, or a row
+        // whose content reads now. Deleted after their replacements are in and before the
+        // staged copies go, so a commit killed at any point redoes this next time.
+        let replaced: Vec<String> = q.keys.iter().chain(&q.superseded).chain(&r.superseded).cloned().collect();
+        store.delete_failed(&replaced).await?;
+        q_dir.remove(&q)?;
+        r_dir.remove(&r)?;
+        if r.version.is_some() {
             export(spec, &store).await?;
         }
-        Ok(CommitSummary { version, staged: staged + q_staged, rows: keys.len() + q_keys.len() })
+        Ok(CommitSummary { version: r.version, staged: r.staged + q.staged, rows: r.keys.len() + q.keys.len() })
     })
 }

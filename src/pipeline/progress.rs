@@ -69,7 +69,7 @@ impl Progress {
     pub fn log(&self, c: &Counters, elapsed: Duration) {
         let done = c.done.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed);
         eprintln!(
-            "gemma-batch: {done} rows committed ({} failed, {} skipped), {:.1} rows/s",
+            "gemma-batch: {done} rows finished ({} failed, {} skipped), {:.1} rows/s",
             c.failed.load(Ordering::Relaxed),
             c.skipped.load(Ordering::Relaxed),
             done as f64 / elapsed.as_secs_f64().max(1e-9)

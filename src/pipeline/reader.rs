@@ -31,8 +31,9 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
-    /// Runs to the end of the source (or a stop); Ok(()) also when a later stage has gone.
-    pub fn run(self) -> Result<()> {
+    /// Runs to the end of the source, a stop signal or the row limit. Returns whether a signal
+    /// stopped it before the end (rows left unread).
+    pub fn run(self) -> Result<bool> {
         let Reader { spec, templates, state, counters, stop, provenance, options, item_tx, row_tx, stale } = self;
         let filter_sets = provenance.filter_sets.clone().unwrap_or_default();
         // Keys issued by this run: identical rows and repeated questions are worked on once.
@@ -40,8 +41,11 @@ impl Reader {
         let mut rows_seen = 0usize;
         for batch in crate::source::open(&spec)? {
             for row in batch? {
-                if stop.stopped() || options.limit.is_some_and(|l| rows_seen >= l) {
-                    return Ok(());
+                if stop.stopped() {
+                    return Ok(true);
+                }
+                if options.limit.is_some_and(|l| rows_seen >= l) {
+                    return Ok(false);
                 }
                 rows_seen += 1;
                 Counters::add(&counters.rows);
@@ -67,9 +71,12 @@ impl Reader {
                         }
                         // The key this (row, task) had when its content could not be read (a
                         // missing or broken image): a failed record under it is replaced.
+                        // With an id column, only a record of the same id is this row's.
                         let unread_key = (row.error.is_none() && row.content_hash != unread_hash)
                             .then(|| item_key(&unread_hash, &task.name, &prompt_hash, &provenance.model_hash, &filter_sets))
-                            .filter(|k| state.failed.contains_key(k));
+                            .filter(|k| {
+                                state.failed.get(k).is_some_and(|f| spec.source.id_column.is_none() || f.input_id == row.input_id)
+                            });
                         if state.done.contains(&key) {
                             Counters::add(&counters.skipped);
                             if let Some(k) = unread_key {
@@ -80,18 +87,24 @@ impl Reader {
                         }
                         let (attempts, earlier_errors, supersedes) = match (state.failed.get(&key), unread_key) {
                             (None, None) => (1, Vec::new(), None),
+                            // New content for a row that failed to read: new work (whatever the
+                            // retry settings), carrying the record's history, replacing it.
                             (None, Some(k)) => {
                                 let f = &state.failed[&k];
                                 Counters::add(&counters.retried);
-                                (f.attempts + 1, f.errors.clone(), Some(k))
+                                (f.attempts.saturating_add(1), f.errors.clone(), Some(k))
                             }
-                            (Some(f), _) if options.retry_failed && f.attempts < options.max_attempts => {
+                            (Some(f), unread) => {
+                                if let Some(k) = unread {
+                                    // Both records exist (a crash between commit and cleanup).
+                                    stale.lock().map_err(|_| crate::Error::Join { stage: "the reader".into(), message: "lock poisoned".into() })?.push(k);
+                                }
+                                if !(options.retry_failed && f.attempts < options.max_attempts) {
+                                    Counters::add(&counters.failed_kept);
+                                    continue;
+                                }
                                 Counters::add(&counters.retried);
-                                (f.attempts + 1, f.errors.clone(), None)
-                            }
-                            (Some(_), _) => {
-                                Counters::add(&counters.failed_kept);
-                                continue;
+                                (f.attempts.saturating_add(1), f.errors.clone(), None)
                             }
                         };
                         let item = WorkItem {
@@ -117,12 +130,13 @@ impl Reader {
                             item_tx.blocking_send(item).is_ok()
                         };
                         if !sent {
-                            return Ok(());
+                            // A later stage has gone; its error is what the run reports.
+                            return Ok(false);
                         }
                     }
                 }
             }
         }
-        Ok(())
+        Ok(false)
     }
 }

@@ -82,7 +82,9 @@ impl Writer {
         } else {
             Counters::add(&counters.done);
         }
-        if outcome == Outcome::Quarantine {
+        // A failed row stays in the results table whatever the filters said, so that it is
+        // counted and retried like any failed row.
+        if outcome == Outcome::Quarantine && row.error.is_none() {
             Counters::add(&counters.quarantined);
             self.quarantined.push(row);
         } else {

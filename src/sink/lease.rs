@@ -87,9 +87,9 @@ impl Lease {
         let me = Holder { holder: format!("{host}:{pid}"), host, pid, run_id: run_id.to_string(), acquired_ms: now, heartbeat_ms: now };
         let mut waited = false;
         loop {
-            match Self::try_take(&path, &me, options.ttl) {
-                Ok(()) => break,
-                Err(other) => {
+            match Self::try_take(&path, &me, options.ttl)? {
+                None => break,
+                Some(other) => {
                     if !options.wait {
                         return Err(Error::LeaseHeld(held_message(&path, scope, &other)));
                     }
@@ -124,46 +124,46 @@ impl Lease {
         Ok(Lease { path, me, stop, heartbeat: Some(heartbeat) })
     }
 
-    /// Creates the lease file, or takes over a stale one; on failure returns the holder.
-    fn try_take(path: &Path, me: &Holder, ttl: Duration) -> std::result::Result<(), Holder> {
-        let text = serde_json::to_string(me).unwrap_or_default();
+    /// Creates the lease file, or takes over a stale one. Ok(None): taken; Ok(Some(holder)):
+    /// held by another; Err: the lease directory cannot be used.
+    fn try_take(path: &Path, me: &Holder, ttl: Duration) -> Result<Option<Holder>> {
+        let text = serde_json::to_string(me).map_err(|e| Error::Sink(format!("lease: {e}")))?;
         match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
             Ok(mut f) => {
                 use std::io::Write;
-                if f.write_all(text.as_bytes()).is_ok() {
-                    return Ok(());
-                }
+                f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))?;
+                return Ok(None);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(_) => {}
+            Err(e) => return Err(Error::io(path, e)),
         }
         let current = match read_holder(path) {
             Some(h) => h,
+            // Released between our create and read: try again.
+            None if !path.exists() => return Self::try_take(path, me, ttl),
             // Being written this instant, or unreadable: treat as held, briefly.
             None => {
                 let age = std::fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
                 if age.is_some_and(|a| a > ttl) {
                     Holder { heartbeat_ms: 0, ..me.clone() }
                 } else {
-                    return Err(Holder { holder: "a process starting up".into(), heartbeat_ms: now_ms(), ..me.clone() });
+                    return Ok(Some(Holder { holder: "a process starting up".into(), heartbeat_ms: now_ms(), ..me.clone() }));
                 }
             }
         };
         let stale = now_ms() - current.heartbeat_ms > ttl.as_millis() as i64
             || (current.host == me.host && current.pid != me.pid && !alive(current.pid));
         if !stale {
-            return Err(current);
+            return Ok(Some(current));
         }
         // Take over: write ours, then read back after a moment; of two processes taking over
         // at once, the one whose write landed last keeps it.
-        if write_holder(path, me).is_err() {
-            return Err(current);
-        }
+        write_holder(path, me)?;
         std::thread::sleep(Duration::from_millis(200));
         match read_holder(path) {
-            Some(h) if h.holder == me.holder && h.run_id == me.run_id => Ok(()),
-            Some(h) => Err(h),
-            None => Err(current),
+            Some(h) if h.holder == me.holder && h.run_id == me.run_id => Ok(None),
+            Some(h) => Ok(Some(h)),
+            None => Ok(Some(current)),
         }
     }
 
@@ -174,10 +174,14 @@ impl Lease {
 
 fn held_message(path: &Path, scope: &str, h: &Holder) -> String {
     let age = (now_ms() - h.heartbeat_ms).max(0) as f64 / 1000.0;
+    let ignore = if scope == "commit" {
+        ""
+    } else {
+        ", or --ignore-lease to run anyway (safe: results are merged on their key, but the work is done twice)"
+    };
     format!(
         "another gemma-batch ({}, run {}) is working on this sink ({scope}; lease {} refreshed {age:.0}s ago). \
-         Wait for it to finish, pass --wait to wait here, or --ignore-lease to run anyway (safe: results are \
-         merged on their key, but the work is done twice)",
+         Wait for it to finish, pass --wait to wait here{ignore}",
         h.holder,
         h.run_id,
         path.display()

@@ -68,9 +68,8 @@ pub struct ResultRow {
     pub model_hash: String,
     pub shard: Option<String>,
     pub created_at_ms: i64,
-    /// Not a column: the key of a failed row this row replaces (the same row and task, whose
-    /// content could not be read before and so had another key). The writer deletes it.
-    #[serde(skip)]
+    /// The key of a failed row this row replaces: the same row and task, whose content could
+    /// not be read before and so had another key. It is deleted once this row is committed.
     pub supersedes: Option<String>,
 }
 
@@ -108,6 +107,7 @@ pub fn result_schema() -> Arc<Schema> {
         s("model_id", false),
         s("model_hash", false),
         s("shard", true),
+        s("supersedes", true),
         Field::new("created_at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
     ]))
 }
@@ -158,6 +158,7 @@ pub(crate) fn to_batch(rows: &[ResultRow]) -> Result<RecordBatch> {
         text(rows, |r| Some(&r.model_id)),
         text(rows, |r| Some(&r.model_hash)),
         text(rows, |r| r.shard.as_deref()),
+        text(rows, |r| r.supersedes.as_deref()),
         Arc::new(TimestampMillisecondArray::from(rows.iter().map(|r| r.created_at_ms).collect::<Vec<_>>()).with_timezone("UTC")),
     ];
     RecordBatch::try_new(result_schema(), columns).map_err(Error::arrow("building a batch of result rows"))

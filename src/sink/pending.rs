@@ -18,6 +18,20 @@ const TEMP_PREFIX: &str = ".writing-";
 /// A temporary dataset older than this belongs to a shard that died while writing it.
 const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 
+/// What a commit of staged results did.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// The new version (None when nothing changed).
+    pub version: Option<u64>,
+    /// How many staged datasets were merged.
+    pub staged: usize,
+    /// Keys of their rows, and the failed records those rows replace.
+    pub keys: Vec<String>,
+    pub superseded: Vec<String>,
+    /// The merged datasets, to remove with [`PendingDir::remove`] once nothing else needs them.
+    pub paths: Vec<PathBuf>,
+}
+
 /// A directory of staged shard results.
 pub struct PendingDir {
     dir: PathBuf,
@@ -52,8 +66,17 @@ impl PendingDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io(&self.dir, e)),
         };
-        let mut found: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
+        let paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        if let Some(old) = paths.iter().find(|p| p.extension().is_some_and(|e| e == "txn")) {
+            return Err(Error::Sink(format!(
+                "{} holds shard results staged by an earlier version of gemma-batch ({}); commit them with that \
+                 version, or delete the directory to redo that work",
+                self.dir.display(),
+                old.display()
+            )));
+        }
+        let mut found: Vec<PathBuf> = paths
+            .into_iter()
             .filter(|p| {
                 let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 !name.starts_with('.') && name.ends_with(".lance") && p.is_dir()
@@ -72,33 +95,36 @@ impl PendingDir {
         Ok(keys)
     }
 
-    /// Merges every staged dataset into `store` as one version, then removes them. Returns the
-    /// new version (None when nothing changed), the number of datasets taken and their keys.
-    pub async fn commit_into(&self, store: &ResultStore) -> Result<(Option<u64>, usize, Vec<String>)> {
+    /// Merges every staged dataset into `store` as one version. They stay until [`Self::remove`]:
+    /// a commit killed before that merges them again next time, which changes nothing.
+    pub async fn commit_into(&self, store: &ResultStore) -> Result<Committed> {
         self.remove_abandoned();
         let staged = self.list()?;
+        let mut done = Committed { staged: staged.len(), ..Committed::default() };
         if staged.is_empty() {
-            return Ok((None, 0, Vec::new()));
+            return Ok(done);
         }
         let mut batches: Vec<RecordBatch> = Vec::new();
         for p in &staged {
             batches.extend(ResultStore::new(p.display().to_string()).read(None, None).await?);
         }
-        let keys = batches
-            .iter()
-            .flat_map(|b| {
-                use arrow_array::cast::AsArray;
-                b.column_by_name("key").map(|c| c.as_string::<i32>().iter().flatten().map(str::to_owned).collect::<Vec<_>>()).unwrap_or_default()
-            })
-            .collect();
-        store.ensure_exists().await?;
-        let version = store.upsert_batches(batches).await?;
-        // Merged: now the staged copies may go. A commit killed before this point merges them
-        // again next time, which changes nothing.
-        for p in &staged {
-            remove_dataset(p)?;
+        let text = |b: &RecordBatch, name: &str| -> Vec<String> {
+            use arrow_array::cast::AsArray;
+            b.column_by_name(name).map(|c| c.as_string::<i32>().iter().flatten().map(str::to_owned).collect()).unwrap_or_default()
+        };
+        for b in &batches {
+            done.keys.extend(text(b, "key"));
+            done.superseded.extend(text(b, "supersedes"));
         }
-        Ok((version, staged.len(), keys))
+        store.ensure_exists().await?;
+        done.version = store.upsert_batches(batches).await?;
+        done.paths = staged;
+        Ok(done)
+    }
+
+    /// Removes merged datasets.
+    pub fn remove(&self, committed: &Committed) -> Result<()> {
+        committed.paths.iter().try_for_each(|p| remove_dataset(p))
     }
 
     /// Removes temporary datasets left by shards that died while writing them.

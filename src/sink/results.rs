@@ -24,6 +24,7 @@ pub struct SinkState {
 
 #[derive(Debug, Clone)]
 pub struct FailedKey {
+    pub input_id: String,
     pub attempts: u32,
     pub errors: Vec<String>,
 }
@@ -75,7 +76,7 @@ impl ResultStore {
                 .iter()
                 .filter_map(|&name| match name {
                     "attempts" => Some((name.to_string(), "CAST(1 AS INT UNSIGNED)".to_string())),
-                    "errors" | "filter_sets" => Some((name.to_string(), "CAST(NULL AS STRING)".to_string())),
+                    "errors" | "filter_sets" | "supersedes" => Some((name.to_string(), "CAST(NULL AS STRING)".to_string())),
                     _ => None,
                 })
                 .collect();
@@ -104,11 +105,16 @@ impl ResultStore {
         let Some(ds) = self.open().await? else { return Ok(state) };
         let err = Error::lance(&self.uri);
         let mut scan = ds.scan();
-        scan.project(&["key", "error", "attempts", "errors"]).map_err(&err)?;
+        scan.project(&["key", "error", "attempts", "errors", "input_id"]).map_err(&err)?;
         let mut stream = scan.try_into_stream().await.map_err(&err)?;
         while let Some(b) = stream.try_next().await.map_err(&err)? {
-            let (keys, error, attempts, errors) =
-                (b.column(0).as_string::<i32>(), b.column(1).as_string::<i32>(), b.column(2).as_primitive::<UInt32Type>(), b.column(3).as_string::<i32>());
+            let (keys, error, attempts, errors, ids) = (
+                b.column(0).as_string::<i32>(),
+                b.column(1).as_string::<i32>(),
+                b.column(2).as_primitive::<UInt32Type>(),
+                b.column(3).as_string::<i32>(),
+                b.column(4).as_string::<i32>(),
+            );
             for i in 0..b.num_rows() {
                 let key = keys.value(i).to_string();
                 if error.is_null(i) {
@@ -119,7 +125,7 @@ impl ResultStore {
                     } else {
                         serde_json::from_str(errors.value(i)).unwrap_or_else(|_| vec![error.value(i).to_string()])
                     };
-                    state.failed.insert(key, FailedKey { attempts: attempts.value(i), errors });
+                    state.failed.insert(key, FailedKey { input_id: ids.value(i).to_string(), attempts: attempts.value(i), errors });
                 }
             }
         }
@@ -223,7 +229,7 @@ mod tests {
             let uri = dir.path().join("old.lance").display().to_string();
             let full = to_batch(&[row("aa", None), row("bb", Some("missing image"))]).unwrap();
             let keep: Vec<usize> = (0..full.num_columns())
-                .filter(|&i| !["attempts", "errors", "filter_sets"].contains(&full.schema().field(i).name().as_str()))
+                .filter(|&i| !["attempts", "errors", "filter_sets", "supersedes"].contains(&full.schema().field(i).name().as_str()))
                 .collect();
             let old = full.project(&keep).unwrap();
             let plain = arrow_schema::Schema::new(old.schema().fields().iter().map(|f| f.as_ref().clone().with_metadata(Default::default())).collect::<Vec<_>>());
