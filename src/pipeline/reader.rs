@@ -37,12 +37,17 @@ impl Reader {
         let Reader { spec, templates, state, counters, stop, provenance, options, item_tx, row_tx, stale } = self;
         let filter_sets = provenance.filter_sets.clone().unwrap_or_default();
         // Keys issued by this run: identical rows and repeated questions are worked on once.
-        let mut issued: HashSet<String> = HashSet::new();
+        // 128 bits of each (hex) key keep the set small on large corpora.
+        let mut issued: HashSet<u128> = HashSet::new();
         let mut rows_seen = 0usize;
         for batch in crate::source::open(&spec)? {
             for row in batch? {
                 if stop.stopped() {
                     return Ok(true);
+                }
+                // The writer has gone (its error ends the run): stop reading.
+                if row_tx.is_closed() {
+                    return Ok(false);
                 }
                 if options.limit.is_some_and(|l| rows_seen >= l) {
                     return Ok(false);
@@ -65,7 +70,7 @@ impl Reader {
                             continue;
                         }
                         Counters::add(&counters.items);
-                        if !issued.insert(key.clone()) {
+                        if !issued.insert(key_bits(&key)) {
                             Counters::add(&counters.duplicates);
                             continue;
                         }
@@ -139,4 +144,12 @@ impl Reader {
         }
         Ok(false)
     }
+}
+
+/// The first 128 bits of a hex key (the whole key if it is not hex, hashed).
+fn key_bits(key: &str) -> u128 {
+    key.get(..32).and_then(|h| u128::from_str_radix(h, 16).ok()).unwrap_or_else(|| {
+        let full = crate::util::hash_text(&[key]);
+        u128::from_str_radix(&full[..32], 16).unwrap_or_default()
+    })
 }
