@@ -104,9 +104,13 @@ impl PendingDir {
         if staged.is_empty() {
             return Ok(done);
         }
+        // Good rows first: when shards staged one key twice (a duplicate shard), the merge keeps
+        // the first, and a success must win over a failure.
         let mut batches: Vec<RecordBatch> = Vec::new();
-        for p in &staged {
-            batches.extend(ResultStore::new(p.display().to_string()).read(None, None).await?);
+        for filter in ["error IS NULL", "error IS NOT NULL"] {
+            for p in &staged {
+                batches.extend(ResultStore::new(p.display().to_string()).read_where(None, None, Some(filter)).await?);
+            }
         }
         let text = |b: &RecordBatch, name: &str| -> Vec<String> {
             use arrow_array::cast::AsArray;
@@ -145,5 +149,36 @@ fn remove_dataset(p: &Path) -> Result<()> {
         // A concurrent commit took it first: the rows are in the table either way.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(p, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key: &str, error: Option<&str>) -> ResultRow {
+        ResultRow { key: key.into(), input_id: key.into(), error: error.map(str::to_owned), attempts: 1, ..Default::default() }
+    }
+
+    #[test]
+    fn a_key_staged_twice_is_stored_once_and_a_success_beats_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::util::runtime(0).unwrap().block_on(async {
+            let pending = PendingDir::new(dir.path().join("pending"));
+            // Shard 0 (sorts first) failed the key; its duplicate, shard 1, did it.
+            pending.write(&[row("aa", Some("boom")), row("bb", None)], "0/2", "r1", 1).await.unwrap();
+            pending.write(&[row("aa", None)], "1/2", "r2", 1).await.unwrap();
+            assert_eq!(pending.keys().await.unwrap().len(), 2);
+            let store = ResultStore::new(dir.path().join("results.lance").display().to_string());
+            let done = pending.commit_into(&store).await.unwrap();
+            assert_eq!((done.staged, done.keys.len()), (2, 3));
+            pending.remove(&done).unwrap();
+            assert!(pending.list().unwrap().is_empty());
+            let state = store.state().await.unwrap();
+            assert!(state.failed.is_empty(), "{:?}", state.failed);
+            assert_eq!(state.done.len(), 2);
+            // Committing again (nothing staged) changes nothing.
+            assert_eq!(pending.commit_into(&store).await.unwrap().version, None);
+        });
     }
 }

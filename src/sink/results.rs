@@ -199,6 +199,11 @@ impl ResultStore {
 
     /// All rows of a version (latest when None), as record batches.
     pub async fn read(&self, version: Option<u64>, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
+        self.read_where(version, columns, None).await
+    }
+
+    /// The rows matching a Lance SQL filter (all rows when None).
+    pub async fn read_where(&self, version: Option<u64>, columns: Option<&[&str]>, filter: Option<&str>) -> Result<Vec<RecordBatch>> {
         let Some(mut ds) = self.open().await? else { return Ok(Vec::new()) };
         let err = Error::lance(&self.uri);
         if let Some(v) = version {
@@ -207,6 +212,9 @@ impl ResultStore {
         let mut scan = ds.scan();
         if let Some(cols) = columns {
             scan.project(cols).map_err(&err)?;
+        }
+        if let Some(f) = filter {
+            scan.filter(f).map_err(&err)?;
         }
         scan.try_into_stream().await.map_err(&err)?.try_collect().await.map_err(&err)
     }
