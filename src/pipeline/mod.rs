@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use crate::error::{Error, Result};
 use crate::filters::Outcome;
 use crate::model::{BackendOptions, Gemma4, ModelOptions};
-use crate::sink::lease::{Lease, LeaseOptions};
+use crate::sink::lease::Lease;
 use crate::sink::pending::PendingDir;
 use crate::sink::{ResultRow, ResultStore, RunRecord, RunStore, SinkLayout, SinkState};
 use crate::spec::PipelineSpec;
@@ -171,7 +171,7 @@ fn take_lease(layout: &SinkLayout, local: bool, scope: &str, run_id: &str, wait:
     if ignore || !local {
         return Ok(None);
     }
-    Lease::acquire(&layout.leases(), scope, run_id, &LeaseOptions { wait, ..LeaseOptions::default() }).map(Some)
+    Lease::acquire(&layout.leases(), scope, run_id, wait).map(Some)
 }
 
 async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSummary> {
