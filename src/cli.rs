@@ -35,8 +35,8 @@ enum Command {
         gemma-batch run pipelines/demo.toml\n  \
         gemma-batch run pipelines/demo.toml --limit 10            # try a spec on a few rows\n  \
         gemma-batch run pipelines/demo.toml --shard 2/8           # one of 8 shard processes\n  \
-        gemma-batch run pipelines/demo.toml --shards 8            # index from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID\n  \
-        gemma-batch run pipelines/demo.toml --max-attempts 5      # retry rows that failed, up to 5 tries each\n  \
+        gemma-batch run pipelines/demo.toml --shards 8            # index from the scheduler (see --shards)\n  \
+        gemma-batch run pipelines/demo.toml --max-attempts 5      # retry failed rows, 5 tries in all\n  \
         gemma-batch run pipelines/demo.toml --wait                # wait while another run holds the sink\n\n\
         Rerunning skips rows already done and retries failed ones. Every (row, task, configuration) is\n\
         stored once, whatever runs overlap. SIGINT or SIGTERM: the rows in flight are committed and the\n\
