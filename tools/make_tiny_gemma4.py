@@ -107,13 +107,69 @@ def build_tokenizer(vocab_size: int) -> Tokenizer:
     return tok
 
 
-def build_checkpoint(out: Path) -> None:
-    from transformers import (
-        Gemma4Config,
-        Gemma4ForConditionalGeneration,
-        PreTrainedTokenizerFast,
+def randomize_weights(model, seed: int) -> None:
+    """Random init leaves some scalars at 1/0; perturb every parameter and buffer that the
+    checkpoint stores (fixed seed) so that no code path is an accidental identity."""
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(seed)
+        for name, p in model.named_parameters():
+            if name.endswith("position_embedding_table"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+            elif "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / max(p.shape[-1], 1) ** 0.5))
+        for name, b in model.named_buffers():
+            if name.endswith("layer_scalar"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
+
+
+def set_generation_config(model, ids: dict) -> None:
+    """Greedy decoding that stops at <eos> or <turn|> (ids: special token -> id)."""
+    model.generation_config.eos_token_id = [ids["<eos>"], ids["<turn|>"]]
+    model.generation_config.pad_token_id = ids["<pad>"]
+    model.generation_config.bos_token_id = ids["<bos>"]
+    model.generation_config.do_sample = False
+
+
+def save_tokenizer(tok: Tokenizer, out: Path) -> None:
+    """tokenizer.json, tokenizer_config.json (Gemma 4's named special tokens, left padding)
+    and chat_template.jinja."""
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+        extra_special_tokens={
+            "image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
+            "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>",
+            "video_token": "<|video|>", "sot_token": "<|turn>", "eot_token": "<turn|>",
+        },
+        padding_side="left",
     )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+
+
+def write_processor_configs(out: Path, patch_size: int, max_soft_tokens: int, pooling_kernel_size: int) -> None:
+    """preprocessor_config.json and processor_config.json of Gemma 4's image processor."""
     from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+
+    image_processor = Gemma4ImageProcessorPil(
+        patch_size=patch_size, max_soft_tokens=max_soft_tokens, pooling_kernel_size=pooling_kernel_size)
+    image_processor.save_pretrained(out)
+    # AutoProcessor-style loaders (transformers.js among them) read the processor class here.
+    pre = json.loads((out / "preprocessor_config.json").read_text()) if (out / "preprocessor_config.json").exists() else image_processor.to_dict()
+    pre["processor_class"] = "Gemma4Processor"
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+    (out / "processor_config.json").write_text(json.dumps(
+        {"processor_class": "Gemma4Processor", "image_seq_length": max_soft_tokens, "image_processor": pre},
+        indent=2) + "\n")
+
+
+def build_checkpoint(out: Path) -> None:
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
 
     out.mkdir(parents=True, exist_ok=True)
 
@@ -180,47 +236,12 @@ def build_checkpoint(out: Path) -> None:
 
     torch.manual_seed(SEED)
     model = Gemma4ForConditionalGeneration(config).eval()
-    # Random init leaves some scalars at 1/0; perturb every parameter and buffer that the
-    # checkpoint stores so that no code path is an accidental identity.
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(SEED)
-        for name, p in model.named_parameters():
-            if name.endswith("position_embedding_table"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-            elif "norm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / max(p.shape[-1], 1) ** 0.5))
-        for name, b in model.named_buffers():
-            if name.endswith("layer_scalar"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
-    model.generation_config.eos_token_id = [ids["<eos>"], ids["<turn|>"]]
-    model.generation_config.pad_token_id = ids["<pad>"]
-    model.generation_config.bos_token_id = ids["<bos>"]
-    model.generation_config.do_sample = False
+    randomize_weights(model, SEED)
+    set_generation_config(model, ids)
     model.save_pretrained(out)
 
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
-        extra_special_tokens={
-            "image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
-            "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>",
-            "video_token": "<|video|>", "sot_token": "<|turn>", "eot_token": "<turn|>",
-        },
-        padding_side="left",
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(out)
-    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    image_processor = Gemma4ImageProcessorPil(patch_size=4, max_soft_tokens=70, pooling_kernel_size=3)
-    image_processor.save_pretrained(out)
-    # AutoProcessor-style loaders (transformers.js among them) read the processor class here.
-    pre = json.loads((out / "preprocessor_config.json").read_text()) if (out / "preprocessor_config.json").exists() else image_processor.to_dict()
-    pre["processor_class"] = "Gemma4Processor"
-    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
-    (out / "processor_config.json").write_text(json.dumps(
-        {"processor_class": "Gemma4Processor", "image_seq_length": 70, "image_processor": pre}, indent=2) + "\n")
+    save_tokenizer(tok, out)
+    write_processor_configs(out, patch_size=4, max_soft_tokens=70, pooling_kernel_size=3)
     # Round-trip through the processor so a broken directory fails here, not in the tests.
     from gemma4_processor import load_processor
     load_processor(out)
