@@ -8,7 +8,8 @@ use std::sync::Arc;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::backend::{BackendInfo, BackendOptions, Graph, Loader};
+use super::backend::{BackendInfo, BackendOptions, Graph, Loader, Value};
+use super::batching::{ContinuousBatch, KvCache};
 use super::config::{Gemma4Config, GenerationConfig, ImageProcessorConfig};
 use super::files::{self, Variant};
 use super::sampling::{self, Sampling};
@@ -129,7 +130,12 @@ pub struct Gemma4 {
     info: BackendInfo,
     prefill_chunk: usize,
     context: usize,
+    /// The decoder takes `num_logits_to_keep` (logits of the last positions only).
+    logits_to_keep: bool,
 }
+
+/// The decoder input that limits logits to the last positions (transformers' `logits_to_keep`).
+const LOGITS_TO_KEEP: &str = "num_logits_to_keep";
 
 fn contract(graph: &dyn Graph, message: String) -> Error {
     Error::GraphContract { graph: graph.name().to_string(), message }
@@ -259,6 +265,7 @@ impl Gemma4 {
         let eos = config.eos_ids(&generation_config);
         let info = loader.info();
         let context = config.context_len();
+        let logits_to_keep = decoder.inputs().iter().any(|s| s.name == LOGITS_TO_KEEP);
         let preparer = Arc::new(Preparer { tokenizer, images, chat, has_vision: vision.is_some(), context, vocab });
         Ok(Gemma4 {
             dir: dir.to_path_buf(),
@@ -273,6 +280,7 @@ impl Gemma4 {
             info,
             prefill_chunk: options.prefill_chunk.max(1),
             context,
+            logits_to_keep,
         })
     }
 
@@ -309,7 +317,7 @@ impl Gemma4 {
 
     /// Embeds a left-padded batch and merges image features at image-token positions.
     /// Returns (inputs_embeds, per_layer_inputs) as flat row-major buffers.
-    fn embed_batch(&mut self, ids: &[i64], batch: usize, len: usize, images: &[&PreparedImage]) -> Result<(Vec<f32>, Option<Tensor>)> {
+    pub(super) fn embed_batch(&mut self, ids: &[i64], batch: usize, len: usize, images: &[&PreparedImage]) -> Result<(Vec<f32>, Option<Tensor>)> {
         let out = self.embed.run(vec![("input_ids".into(), Tensor::i64(vec![batch, len], ids.to_vec()))])?;
         let mut embeds = None;
         let mut per_layer = None;
@@ -370,7 +378,7 @@ impl Gemma4 {
     }
 
     /// Left-pads a batch and computes its prompt embeddings, mask and positions.
-    fn prefill_inputs(&mut self, rows: &[&[u32]], images: &[&PreparedImage]) -> Result<Batch> {
+    pub(super) fn prefill_inputs(&mut self, rows: &[&[u32]], images: &[&PreparedImage]) -> Result<Batch> {
         let b = rows.len();
         let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         if len == 0 {
@@ -392,39 +400,53 @@ impl Gemma4 {
         Ok(Batch { batch: b, len, embeds, per_layer, mask, positions })
     }
 
-    fn empty_cache(&self, batch: usize) -> Vec<(String, Tensor)> {
-        let mut past = Vec::with_capacity(self.cache.len() * 2);
+    fn empty_cache(&self, batch: usize) -> KvCache {
+        let mut values = Vec::with_capacity(self.cache.len() * 2);
         for l in &self.cache {
-            past.push((l.key_in.clone(), Tensor::f32(vec![batch, l.heads, 0, l.head_dim], Vec::new())));
-            past.push((l.value_in.clone(), Tensor::f32(vec![batch, l.heads, 0, l.head_dim], Vec::new())));
+            for _ in 0..2 {
+                values.push(Value::Host(Tensor::f32(vec![batch, l.heads, 0, l.head_dim], Vec::new())));
+            }
         }
-        past
+        KvCache { values, batch, len: 0 }
     }
 
     /// One decoder call over `seq` new positions. `mask` covers past + new positions.
-    /// Returns logits `[batch, seq, vocab]` and the next cache.
-    fn decode(
+    /// `keep` asks for the logits of the last `keep` positions only, where the graph can
+    /// (`num_logits_to_keep`); the returned logits are `[batch, n, vocab]` for the last `n`
+    /// positions (`n == seq` from a graph without that input). Returns them with the next
+    /// cache, whose values are the graph's own outputs (no copy).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn decode(
         &mut self,
         embeds: Vec<f32>,
         per_layer: Option<Tensor>,
-        mask: &[i64],
+        mask: Vec<i64>,
         positions: Vec<i64>,
         batch: usize,
         seq: usize,
-        past: Vec<(String, Tensor)>,
-    ) -> Result<(Tensor, Vec<(String, Tensor)>)> {
+        past: KvCache,
+        keep: usize,
+    ) -> Result<(Value, KvCache)> {
         let hidden = embeds.len() / (batch * seq);
         let total = mask.len() / batch;
-        let mut inputs = vec![
-            ("inputs_embeds".to_string(), Tensor::f32(vec![batch, seq, hidden], embeds)),
-            ("attention_mask".to_string(), Tensor::i64(vec![batch, total], mask.to_vec())),
-            ("position_ids".to_string(), Tensor::i64(vec![batch, seq], positions)),
+        let mut inputs: Vec<(String, Value)> = vec![
+            ("inputs_embeds".to_string(), Tensor::f32(vec![batch, seq, hidden], embeds).into()),
+            ("attention_mask".to_string(), Tensor::i64(vec![batch, total], mask).into()),
+            ("position_ids".to_string(), Tensor::i64(vec![batch, seq], positions).into()),
         ];
         if let Some(p) = per_layer {
-            inputs.push(("per_layer_inputs".to_string(), p));
+            inputs.push(("per_layer_inputs".to_string(), p.into()));
         }
-        inputs.extend(past);
-        let outputs = self.decoder.run(inputs)?;
+        if self.logits_to_keep {
+            inputs.push((LOGITS_TO_KEEP.to_string(), Tensor::i64(Vec::new(), vec![keep.clamp(1, seq) as i64]).into()));
+        }
+        let mut past_values = past.values.into_iter();
+        for l in &self.cache {
+            inputs.push((l.key_in.clone(), past_values.next().expect("two values per layer")));
+            inputs.push((l.value_in.clone(), past_values.next().expect("two values per layer")));
+        }
+        let device_outputs: Vec<&str> = self.cache.iter().flat_map(|l| [l.key_out.as_str(), l.value_out.as_str()]).collect();
+        let outputs = self.decoder.run_values(inputs, &device_outputs)?;
         let mut logits = None;
         let mut present = std::collections::HashMap::new();
         for (name, t) in outputs {
@@ -434,29 +456,41 @@ impl Gemma4 {
                 present.insert(name, t);
             }
         }
-        let mut next = Vec::with_capacity(self.cache.len() * 2);
+        let mut values = Vec::with_capacity(self.cache.len() * 2);
         for l in &self.cache {
-            for (out, inp) in [(&l.key_out, &l.key_in), (&l.value_out, &l.value_in)] {
+            for out in [&l.key_out, &l.value_out] {
                 let t = present
-                    .remove(out)
+                    .remove(out.as_str())
                     .ok_or_else(|| contract(self.decoder.as_ref(), format!("did not return {out}")))?;
-                next.push((inp.clone(), t));
+                values.push(t);
             }
         }
-        Ok((logits.expect("checked at load"), next))
+        let logits = logits.expect("checked at load");
+        let shape = logits.shape();
+        if shape.len() != 3 || shape[0] != batch || shape[1] == 0 || shape[1] > seq {
+            return Err(contract(
+                self.decoder.as_ref(),
+                format!("returned logits of shape {shape:?} for {batch} rows of {seq} positions"),
+            ));
+        }
+        Ok((logits, KvCache { values, batch, len: total }))
     }
 
-    /// Runs a prompt batch through the decoder in chunks; returns the logits of each chunk's
-    /// positions as requested by `keep` and the cache after the prompt.
-    fn prefill(
+    /// Runs a prompt batch through the decoder in chunks and returns the cache after the
+    /// prompt. `keep_last` is how many of the last prompt positions need logits; `keep` gets
+    /// each chunk's logits with the position of their first row (a chunk outside the last
+    /// `keep_last` positions computes one position only, where the graph allows).
+    pub(super) fn prefill(
         &mut self,
         batch: &Batch,
-        mut keep: impl FnMut(usize, &Tensor),
-    ) -> Result<Vec<(String, Tensor)>> {
+        keep_last: usize,
+        mut keep: impl FnMut(usize, &Value) -> Result<()>,
+    ) -> Result<KvCache> {
         let (b, len) = (batch.batch, batch.len);
         let hidden = batch.embeds.len() / (b * len);
         let mut past = self.empty_cache(b);
         let mut start = 0;
+        let wanted_from = len.saturating_sub(keep_last.max(1));
         while start < len {
             let end = (start + self.prefill_chunk).min(len);
             let seq = end - start;
@@ -469,8 +503,9 @@ impl Gemma4 {
                 mask.extend_from_slice(&batch.mask[r * len..r * len + end]);
             }
             let per_layer = batch.per_layer.as_ref().map(|p| slice_seq(p, start, end));
-            let (logits, next) = self.decode(embeds, per_layer, &mask, positions, b, seq, past)?;
-            keep(start, &logits);
+            let wanted = end.saturating_sub(wanted_from.max(start)).max(1);
+            let (logits, next) = self.decode(embeds, per_layer, mask, positions, b, seq, past, wanted)?;
+            keep(end - logits.shape()[1], &logits)?;
             past = next;
             start = end;
         }
@@ -488,19 +523,25 @@ impl Gemma4 {
 
     /// [`Gemma4::generate`] with a result per row: a row whose prompt leaves no room in the
     /// context gets its error and the other rows run. The outer error is for the batch
-    /// (a backend failure).
+    /// (a backend failure). All rows decode together; a finished row leaves the batch.
     pub fn generate_rows(&mut self, prompts: &[Prepared], options: &GenerationOptions) -> Result<Vec<Result<Generation>>> {
-        let checks: Vec<Result<()>> = prompts.iter().enumerate().map(|(i, p)| self.check_fits(i, p.input_ids.len(), 1)).collect();
-        let runnable: Vec<&Prepared> = prompts.iter().zip(&checks).filter(|(_, c)| c.is_ok()).map(|(p, _)| p).collect();
-        let mut done = self.generate_fitting(&runnable, options)?.into_iter();
-        Ok(checks
-            .into_iter()
-            .map(|c| c.map(|()| done.next().expect("one generation per runnable row")))
-            .collect())
+        let mut batch = ContinuousBatch::new(prompts.len().max(1));
+        let requests = prompts.iter().cloned().enumerate().map(|(i, p)| (i, p, options.clone())).collect();
+        let mut results: Vec<Option<Result<Generation>>> = prompts.iter().map(|_| None).collect();
+        let mut take = |done: Vec<super::batching::Finished<usize>>| {
+            for f in done {
+                results[f.tag] = Some(f.result);
+            }
+        };
+        take(batch.admit(self, requests).map_err(|e| e.error)?);
+        while !batch.is_empty() {
+            take(batch.step(self).map_err(|e| e.error)?);
+        }
+        Ok(results.into_iter().map(|r| r.expect("every row finishes")).collect())
     }
 
     /// A row of `len` tokens that must leave `room` positions free in the context.
-    fn check_fits(&self, row: usize, len: usize, room: usize) -> Result<()> {
+    pub(super) fn check_fits(&self, row: usize, len: usize, room: usize) -> Result<()> {
         if len == 0 {
             return Err(Error::Prompt(format!("row {row}: empty prompt")));
         }
@@ -510,100 +551,27 @@ impl Gemma4 {
         Ok(())
     }
 
-    /// Generation for rows that are known to fit the context.
-    fn generate_fitting(&mut self, prompts: &[&Prepared], options: &GenerationOptions) -> Result<Vec<Generation>> {
-        if prompts.is_empty() {
-            return Ok(Vec::new());
+    /// Samples a row's next token from its logits (greedy without sampling options).
+    pub(super) fn next_token(logits: &[f32], options: &GenerationOptions, rng: Option<&mut ChaCha8Rng>) -> u32 {
+        match (&options.sampling, rng) {
+            (Some(s), Some(rng)) => sampling::sample(logits, s, rng),
+            _ => sampling::argmax(logits),
         }
-        let rows: Vec<&[u32]> = prompts.iter().map(|p| p.input_ids.as_slice()).collect();
-        let images: Vec<&PreparedImage> = prompts.iter().flat_map(|p| p.images.iter()).collect();
-        let batch = self.prefill_inputs(&rows, &images)?;
-        let (b, len) = (batch.batch, batch.len);
-        let vocab = self.config.text_config.vocab_size;
-        let mut last_logits = vec![0f32; b * vocab];
-        let mut past = self.prefill(&batch, |start, logits| {
-            let seq = logits.shape[1];
-            let v = logits.shape[2];
-            if start + seq == len {
-                let data = logits.as_f32().expect("logits are float");
-                for r in 0..b {
-                    let row = &data[(r * seq + seq - 1) * v..(r * seq + seq) * v];
-                    last_logits[r * vocab..r * vocab + v.min(vocab)].copy_from_slice(&row[..v.min(vocab)]);
-                }
-            }
-        })?;
+    }
 
-        let mut rngs: Vec<Option<ChaCha8Rng>> =
-            (0..b).map(|_| options.sampling.map(|s| ChaCha8Rng::seed_from_u64(s.seed))).collect();
-        let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
-        let mut finished: Vec<Option<FinishReason>> = vec![None; b];
-        let mut mask = batch.mask.clone();
-        let mut total = len;
-        // Position of the next token fed back, per row; a row's prompt plus its new tokens
-        // never exceed the context (rows were checked to leave at least one position).
-        let mut next_pos: Vec<usize> = rows.iter().map(|r| r.len()).collect();
-        let context = self.context;
-        let pad = self.preparer.tokenizer.special.pad;
-        for step in 0..options.max_new_tokens {
-            let mut next_ids = Vec::with_capacity(b);
-            for r in 0..b {
-                if finished[r].is_some() {
-                    next_ids.push(pad as i64);
-                    continue;
-                }
-                let logits = &last_logits[r * vocab..(r + 1) * vocab];
-                let token = match (&options.sampling, rngs[r].as_mut()) {
-                    (Some(s), Some(rng)) => sampling::sample(logits, s, rng),
-                    _ => sampling::argmax(logits),
-                };
-                out[r].push(token);
-                if self.eos.contains(&token) {
-                    finished[r] = Some(FinishReason::Stop);
-                } else if out[r].len() >= options.max_new_tokens || next_pos[r] + 1 >= context {
-                    finished[r] = Some(FinishReason::Length);
-                }
-                next_ids.push(token as i64);
-            }
-            if finished.iter().all(Option::is_some) || step + 1 == options.max_new_tokens {
-                break;
-            }
-            let (embeds, per_layer) = self.embed_batch(&next_ids, b, 1, &[])?;
-            let mut new_mask = Vec::with_capacity(b * (total + 1));
-            for r in 0..b {
-                new_mask.extend_from_slice(&mask[r * total..(r + 1) * total]);
-                new_mask.push(1);
-            }
-            mask = new_mask;
-            total += 1;
-            let positions: Vec<i64> = next_pos.iter().map(|&p| p.min(context - 1) as i64).collect();
-            // Finished rows are fed padding at a position that no longer moves.
-            for (p, f) in next_pos.iter_mut().zip(&finished) {
-                if f.is_none() {
-                    *p += 1;
-                }
-            }
-            let (logits, next) = self.decode(embeds, per_layer, &mask, positions, b, 1, past)?;
-            past = next;
-            let data = logits.as_f32().expect("logits are float");
-            let v = logits.shape[2];
-            for r in 0..b {
-                last_logits[r * vocab..r * vocab + v.min(vocab)].copy_from_slice(&data[r * v..r * v + v.min(vocab)]);
-            }
-        }
-        prompts
-            .iter()
-            .zip(out)
-            .zip(finished)
-            .map(|((p, ids), reason)| {
-                let text_ids: Vec<u32> = ids.iter().copied().filter(|t| !self.eos.contains(t)).collect();
-                Ok(Generation {
-                    text: self.preparer.tokenizer.decode(&text_ids, true)?,
-                    token_ids: ids,
-                    finish_reason: reason.unwrap_or(FinishReason::Length),
-                    prompt_tokens: p.input_ids.len(),
-                })
-            })
-            .collect()
+    pub(super) fn new_rng(options: &GenerationOptions) -> Option<ChaCha8Rng> {
+        options.sampling.map(|s| ChaCha8Rng::seed_from_u64(s.seed))
+    }
+
+    /// The finished generation of a row: its text without end-of-generation tokens.
+    pub(super) fn finish(&self, ids: Vec<u32>, reason: FinishReason, prompt_tokens: usize) -> Result<Generation> {
+        let text_ids: Vec<u32> = ids.iter().copied().filter(|t| !self.eos.contains(t)).collect();
+        Ok(Generation {
+            text: self.preparer.tokenizer.decode(&text_ids, true)?,
+            token_ids: ids,
+            finish_reason: reason,
+            prompt_tokens,
+        })
     }
 
     /// Log-probability of each candidate continuation after the prompt (no generation).
@@ -668,29 +636,32 @@ impl Gemma4 {
             prompts.iter().flat_map(|p| (0..per_prompt).flat_map(move |_| p.images.iter())).collect();
         let batch = self.prefill_inputs(&row_refs, &images)?;
         let len = batch.len;
+        // Rows end together (left padding): the positions scored are the last `longest` ones.
+        let longest = cand_ids.iter().map(Vec::len).max().unwrap_or(1);
         let mut scores = vec![vec![0f64; cand_ids.len()]; prompts.len()];
-        self.prefill(&batch, |start, logits| {
-            let seq = logits.shape[1];
-            let v = logits.shape[2];
-            let data = logits.as_f32().expect("logits are float");
-            for (pi, p) in prompts.iter().enumerate() {
-                let plen = p.input_ids.len();
-                for (ci, cand) in cand_ids.iter().enumerate() {
-                    let r = pi * per_prompt + if single { 0 } else { ci };
-                    let offset = len - rows[r].len();
-                    for (j, &tok) in cand.iter().enumerate() {
-                        if single && j > 0 {
-                            break;
-                        }
-                        // Position predicting cand[j]: the last prompt token, then each candidate token.
-                        let pos = offset + plen - 1 + j;
-                        if pos >= start && pos < start + seq {
-                            let row = &data[(r * seq + pos - start) * v..(r * seq + pos - start + 1) * v];
-                            scores[pi][ci] += if (tok as usize) < v { sampling::log_prob(row, tok as usize) } else { f64::NEG_INFINITY };
+        self.prefill(&batch, longest, |first, logits| {
+            logits.read_f32(|shape, data| {
+                let (seq, v) = (shape[1], shape[2]);
+                for (pi, p) in prompts.iter().enumerate() {
+                    let plen = p.input_ids.len();
+                    for (ci, cand) in cand_ids.iter().enumerate() {
+                        let r = pi * per_prompt + if single { 0 } else { ci };
+                        let offset = len - rows[r].len();
+                        for (j, &tok) in cand.iter().enumerate() {
+                            if single && j > 0 {
+                                break;
+                            }
+                            // Position predicting cand[j]: the last prompt token, then each candidate token.
+                            let pos = offset + plen - 1 + j;
+                            if pos >= first && pos < first + seq {
+                                let row = &data[(r * seq + pos - first) * v..(r * seq + pos - first + 1) * v];
+                                scores[pi][ci] +=
+                                    if (tok as usize) < v { sampling::log_prob(row, tok as usize) } else { f64::NEG_INFINITY };
+                            }
                         }
                     }
                 }
-            }
+            })
         })?;
         Ok(scores
             .into_iter()
@@ -711,12 +682,13 @@ impl Gemma4 {
         let batch = self.prefill_inputs(&[prompt.input_ids.as_slice()], &prompt.images.iter().collect::<Vec<_>>())?;
         let len = batch.len;
         let mut last = Vec::new();
-        self.prefill(&batch, |start, logits| {
-            let seq = logits.shape[1];
-            let v = logits.shape[2];
-            if start + seq == len {
-                last = logits.as_f32().expect("logits are float")[(seq - 1) * v..seq * v].to_vec();
-            }
+        self.prefill(&batch, 1, |first, logits| {
+            logits.read_f32(|shape, data| {
+                let (seq, v) = (shape[1], shape[2]);
+                if first + seq == len {
+                    last = data[(seq - 1) * v..seq * v].to_vec();
+                }
+            })
         })?;
         Ok(last)
     }
@@ -851,12 +823,12 @@ impl Preparer {
 }
 
 /// A left-padded prompt batch ready for the decoder.
-struct Batch {
-    batch: usize,
-    len: usize,
+pub(super) struct Batch {
+    pub(super) batch: usize,
+    pub(super) len: usize,
     embeds: Vec<f32>,
     per_layer: Option<Tensor>,
-    mask: Vec<i64>,
+    pub(super) mask: Vec<i64>,
     positions: Vec<i64>,
 }
 

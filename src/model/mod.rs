@@ -1,6 +1,7 @@
 //! The Gemma 4 runtime: load an ONNX export in the community layout and generate or score.
 
 pub mod backend;
+pub mod batching;
 pub mod config;
 pub mod files;
 mod gemma4;
@@ -9,6 +10,7 @@ pub mod tensor;
 pub mod tokenizer;
 
 pub use backend::{BackendInfo, BackendKind, BackendOptions, Device};
+pub use batching::{BatchError, ContinuousBatch, Finished};
 pub use files::{model_hash, Variant};
 pub use gemma4::{
     CandidateScore, FinishReason, Gemma4, Generation, GenerationOptions, ImageSource, ModelOptions, Prepared,

@@ -8,6 +8,57 @@ use std::path::{Path, PathBuf};
 use super::tensor::{Tensor, TensorSpec};
 use crate::error::{Error, Result};
 
+/// A tensor as a backend holds it: on the host in our own type, or as the backend's own value
+/// (for ONNX Runtime possibly in device memory). A backend value is fed back into a graph
+/// without a copy; that is how the KV cache moves from one decoder step to the next.
+pub enum Value {
+    Host(Tensor),
+    Ort(::ort::value::DynValue),
+    Tract(tract_onnx::prelude::TValue),
+}
+
+impl Value {
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            Value::Host(t) => t.shape.clone(),
+            Value::Ort(v) => self::ort::shape_of(v),
+            Value::Tract(v) => v.shape().to_vec(),
+        }
+    }
+
+    /// A host copy in f32 / i64 (float16 widened), copied from the device first if needed.
+    pub fn to_host(&self) -> Result<Tensor> {
+        match self {
+            Value::Host(t) => Ok(t.clone()),
+            Value::Ort(v) => self::ort::to_host(v),
+            Value::Tract(v) => self::tract::to_host(v),
+        }
+    }
+
+    /// Calls `f` with the shape and f32 data, borrowed when the value is f32 in host memory
+    /// (logits are read this way every step), else from a converted copy.
+    pub fn read_f32<R>(&self, f: impl FnOnce(&[usize], &[f32]) -> R) -> Result<R> {
+        if let Value::Host(t) = self {
+            let data = t.as_f32().ok_or_else(|| Error::Ort("expected a float tensor".into()))?;
+            return Ok(f(&t.shape, data));
+        }
+        if let Value::Ort(v) = self {
+            if let Some((shape, data)) = self::ort::borrow_f32(v) {
+                return Ok(f(&shape, data));
+            }
+        }
+        let t = self.to_host()?;
+        let data = t.as_f32().ok_or_else(|| Error::Ort("expected a float tensor".into()))?;
+        Ok(f(&t.shape, data))
+    }
+}
+
+impl From<Tensor> for Value {
+    fn from(t: Tensor) -> Self {
+        Value::Host(t)
+    }
+}
+
 /// gemma-batch's cache directory: `$GEMMA_BATCH_CACHE`, else `$XDG_CACHE_HOME/gemma-batch`,
 /// else `~/.cache/gemma-batch` (empty variables count as unset, as in the shell scripts).
 /// Holds the ONNX Runtime library and the model-hash cache.
@@ -49,7 +100,15 @@ pub trait Graph: Send {
     fn inputs(&self) -> &[TensorSpec];
     fn outputs(&self) -> &[TensorSpec];
     /// Runs the graph; inputs are matched by name and returned outputs keep graph order.
-    fn run(&mut self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>>;
+    /// Outputs named in `device_outputs` may stay in device memory (the KV cache on CUDA);
+    /// every other output is in host memory.
+    fn run_values(&mut self, inputs: Vec<(String, Value)>, device_outputs: &[&str]) -> Result<Vec<(String, Value)>>;
+
+    /// [`Graph::run_values`] with host tensors in and out.
+    fn run(&mut self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+        let inputs = inputs.into_iter().map(|(n, t)| (n, Value::Host(t))).collect();
+        self.run_values(inputs, &[])?.into_iter().map(|(n, v)| Ok((n, v.to_host()?))).collect()
+    }
 }
 
 #[derive(Debug, Clone)]

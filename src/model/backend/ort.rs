@@ -7,10 +7,11 @@ use std::sync::OnceLock;
 
 use half::f16;
 use ort::ep::{ExecutionProvider, CUDA};
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
-use ort::value::{DynValue, TensorElementType, ValueType};
+use ort::value::{DynTensorValueType, DynValue, TensorElementType, ValueType};
 
-use super::{BackendInfo, BackendKind, BackendOptions, Device, Graph};
+use super::{BackendInfo, BackendKind, BackendOptions, Device, Graph, Value};
 use crate::error::{Error, Result};
 use crate::model::tensor::{DType, Dim, Tensor, TensorData, TensorSpec};
 
@@ -135,9 +136,17 @@ impl OrtLoader {
         } else {
             self.commit_cpu(path)?
         };
-        let inputs = session.inputs().iter().map(|o| spec_of(o.name(), o.dtype())).collect();
+        // Inputs with a default (an initializer of the same name, e.g. `num_logits_to_keep`)
+        // may be fed too; ONNX Runtime lists them apart.
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|o| spec_of(o.name(), o.dtype()))
+            .chain(session.overridable_initializers().iter().map(|o| spec_of(o.name(), o.dtype())))
+            .collect();
         let outputs = session.outputs().iter().map(|o| spec_of(o.name(), o.dtype())).collect();
-        Ok(Box::new(OrtGraph { name, session, inputs, outputs }))
+        let cuda = self.use_cuda == Some(true);
+        Ok(Box::new(OrtGraph { name, session, inputs, outputs, cuda }))
     }
 
     fn commit_cpu(&self, path: &Path) -> Result<Session> {
@@ -182,6 +191,8 @@ struct OrtGraph {
     session: Session,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
+    /// Runs on CUDA: outputs asked to stay on the device are bound to device memory.
+    cuda: bool,
 }
 
 impl Graph for OrtGraph {
@@ -195,49 +206,107 @@ impl Graph for OrtGraph {
         &self.outputs
     }
 
-    fn run(&mut self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
-        let err = |e: ort::Error| Error::Ort(format!("{}: {e}", self.name));
+    fn run_values(&mut self, inputs: Vec<(String, Value)>, device_outputs: &[&str]) -> Result<Vec<(String, Value)>> {
+        let name = self.name.clone();
+        let err = |e: ort::Error| Error::Ort(format!("{name}: {e}"));
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
-        for (name, tensor) in inputs {
-            let spec = super::spec(&self.name, &self.inputs, &name)?;
-            let shape = tensor.shape.clone();
-            let value: DynValue = match (tensor.data, spec.dtype) {
-                (TensorData::F32(v), DType::F16) => {
-                    let v: Vec<f16> = v.into_iter().map(f16::from_f32).collect();
-                    ort::value::Tensor::from_array((shape, v)).map_err(err)?.into_dyn()
+        for (input, value) in inputs {
+            let spec = super::spec(&self.name, &self.inputs, &input)?;
+            let value = match value {
+                Value::Ort(v) => v,
+                Value::Host(t) => host_value(t, spec.dtype).map_err(err)?,
+                Value::Tract(_) => {
+                    return Err(Error::Ort(format!("{}: input {input} holds a tract value", self.name)));
                 }
-                (TensorData::F32(v), _) => ort::value::Tensor::from_array((shape, v)).map_err(err)?.into_dyn(),
-                (TensorData::I64(v), _) => ort::value::Tensor::from_array((shape, v)).map_err(err)?.into_dyn(),
             };
-            values.push((name, value));
+            values.push((input, value));
         }
-        let outputs = self.session.run(values).map_err(|e| Error::Ort(format!("{}: {e}", self.name)))?;
+        // Outputs are bound by memory location: with CUDA the cache stays on the device and
+        // comes back as the next step's input without passing through the host. A fresh
+        // binding per run, so that no output buffer of an earlier run is written again.
+        let mut binding = self.session.create_binding().map_err(err)?;
+        for (input, value) in &values {
+            binding.bind_input(input.as_str(), value).map_err(err)?;
+        }
+        let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default).map_err(err)?;
+        let device = if self.cuda {
+            Some(MemoryInfo::new(AllocationDevice::CUDA, 0, AllocatorType::Device, MemoryType::Default).map_err(err)?)
+        } else {
+            None
+        };
+        for spec in &self.outputs {
+            let on_device = device.as_ref().filter(|_| device_outputs.contains(&spec.name.as_str()));
+            binding.bind_output_to_device(spec.name.as_str(), on_device.unwrap_or(&host)).map_err(err)?;
+        }
+        let mut outputs = self.session.run_binding(&binding).map_err(err)?;
         let mut result = Vec::with_capacity(self.outputs.len());
         for spec in &self.outputs {
-            let value = &outputs[spec.name.as_str()];
-            let tensor = match spec.dtype {
-                DType::F32 => {
-                    let (shape, data) = value.try_extract_tensor::<f32>().map_err(err)?;
-                    Tensor::f32(dims(shape), data.to_vec())
-                }
-                DType::F16 => {
-                    let (shape, data) = value.try_extract_tensor::<f16>().map_err(err)?;
-                    Tensor::f32(dims(shape), data.iter().map(|x| x.to_f32()).collect())
-                }
-                DType::I64 => {
-                    let (shape, data) = value.try_extract_tensor::<i64>().map_err(err)?;
-                    Tensor::i64(dims(shape), data.to_vec())
-                }
-                DType::Other => {
-                    return Err(Error::GraphContract {
-                        graph: self.name.clone(),
-                        message: format!("output {} has an element type this runtime does not read", spec.name),
-                    })
-                }
-            };
-            result.push((spec.name.clone(), tensor));
+            let value = outputs.remove(spec.name.as_str()).ok_or_else(|| Error::GraphContract {
+                graph: self.name.clone(),
+                message: format!("did not return output {}", spec.name),
+            })?;
+            if spec.dtype == DType::Other {
+                return Err(Error::GraphContract {
+                    graph: self.name.clone(),
+                    message: format!("output {} has an element type this runtime does not read", spec.name),
+                });
+            }
+            result.push((spec.name.clone(), Value::Ort(value)));
         }
         Ok(result)
+    }
+}
+
+/// A host tensor as an ONNX Runtime value of the graph's element type.
+fn host_value(tensor: Tensor, dtype: DType) -> ort::Result<DynValue> {
+    let shape = tensor.shape;
+    Ok(match (tensor.data, dtype) {
+        (TensorData::F32(v), DType::F16) => {
+            let v: Vec<f16> = v.into_iter().map(f16::from_f32).collect();
+            ort::value::Tensor::from_array((shape, v))?.into_dyn()
+        }
+        (TensorData::F32(v), _) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+        (TensorData::I64(v), _) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+    })
+}
+
+pub(super) fn shape_of(value: &DynValue) -> Vec<usize> {
+    match value.dtype() {
+        ValueType::Tensor { shape, .. } => dims(shape),
+        _ => Vec::new(),
+    }
+}
+
+/// The f32 data of a value in host memory, borrowed.
+pub(super) fn borrow_f32(value: &DynValue) -> Option<(Vec<usize>, &[f32])> {
+    let (shape, data) = value.try_extract_tensor::<f32>().ok()?;
+    Some((dims(shape), data))
+}
+
+pub(super) fn to_host(value: &DynValue) -> Result<Tensor> {
+    let err = |e: ort::Error| Error::Ort(format!("reading an output: {e}"));
+    let tensor = value.view().downcast::<DynTensorValueType>().map_err(err)?;
+    let copied;
+    let value: &DynValue = if tensor.memory_info().is_cpu_accessible() {
+        value
+    } else {
+        copied = tensor.to(AllocationDevice::CPU, 0).map_err(err)?.into_dyn();
+        &copied
+    };
+    match value.dtype() {
+        ValueType::Tensor { ty: TensorElementType::Float32, .. } => {
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(err)?;
+            Ok(Tensor::f32(dims(shape), data.to_vec()))
+        }
+        ValueType::Tensor { ty: TensorElementType::Float16, .. } => {
+            let (shape, data) = value.try_extract_tensor::<f16>().map_err(err)?;
+            Ok(Tensor::f32(dims(shape), data.iter().map(|x| x.to_f32()).collect()))
+        }
+        ValueType::Tensor { ty: TensorElementType::Int64, .. } => {
+            let (shape, data) = value.try_extract_tensor::<i64>().map_err(err)?;
+            Ok(Tensor::i64(dims(shape), data.to_vec()))
+        }
+        other => Err(Error::Ort(format!("an output of type {other} cannot be read"))),
     }
 }
 

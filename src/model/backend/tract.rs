@@ -7,10 +7,13 @@ use half::f16;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-use super::{BackendOptions, Graph};
+use super::{BackendOptions, Graph, Value};
 use crate::error::{Error, Result};
 use crate::model::files;
 use crate::model::tensor::{DType, Tensor as HostTensor, TensorData, TensorSpec};
+
+/// The one input with a default that the runtime feeds.
+const OVERRIDABLE_INPUT: &str = "num_logits_to_keep";
 
 pub struct TractLoader {}
 
@@ -28,6 +31,10 @@ impl TractLoader {
         // every intermediate shape itself.
         if let Some(graph) = proto.graph.as_mut() {
             graph.value_info.clear();
+            // An input with a default (`num_logits_to_keep`) would be folded into a constant;
+            // without its initializer it stays an input the runtime can feed.
+            let inputs: Vec<String> = graph.input.iter().map(|i| i.name.clone()).collect();
+            graph.initializer.retain(|t| !(t.name == OVERRIDABLE_INPUT && inputs.contains(&t.name)));
         }
         let (inputs, outputs) = files::io_specs(&proto);
         let dir = path.parent().and_then(|p| p.to_str()).map(str::to_owned);
@@ -59,47 +66,62 @@ impl Graph for TractGraph {
         &self.outputs
     }
 
-    fn run(&mut self, inputs: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>> {
+    fn run_values(&mut self, inputs: Vec<(String, Value)>, _device_outputs: &[&str]) -> Result<Vec<(String, Value)>> {
         let err = |e: TractError| Error::Tract(format!("{}: {e:#}", self.name));
-        let mut by_name: std::collections::HashMap<String, HostTensor> = inputs.into_iter().collect();
+        let mut by_name: std::collections::HashMap<String, Value> = inputs.into_iter().collect();
         let mut values: TVec<TValue> = TVec::new();
         for spec in &self.inputs {
-            let t = by_name.remove(&spec.name).ok_or_else(|| Error::GraphContract {
+            let value = by_name.remove(&spec.name).ok_or_else(|| Error::GraphContract {
                 graph: self.name.clone(),
                 message: format!("input {} was not given", spec.name),
             })?;
-            let tensor = match (t.data, spec.dtype) {
-                (TensorData::F32(v), DType::F16) => {
-                    let v: Vec<f16> = v.into_iter().map(f16::from_f32).collect();
-                    Tensor::from_shape(&t.shape, &v).map_err(err)?
+            let value = match value {
+                Value::Tract(v) => v,
+                Value::Host(t) => host_value(t, spec.dtype).map_err(err)?.into_tvalue(),
+                Value::Ort(_) => {
+                    return Err(Error::Tract(format!("{}: input {} holds an ONNX Runtime value", self.name, spec.name)));
                 }
-                (TensorData::F32(v), _) => Tensor::from_shape(&t.shape, &v).map_err(err)?,
-                (TensorData::I64(v), _) => Tensor::from_shape(&t.shape, &v).map_err(err)?,
             };
-            values.push(tensor.into_tvalue());
+            values.push(value);
+        }
+        if let Some(extra) = by_name.keys().next() {
+            return Err(super::spec(&self.name, &self.inputs, extra).err().unwrap_or_else(|| Error::Tract(extra.clone())));
         }
         let outs = self.plan.run(values).map_err(err)?;
-        let mut result = Vec::with_capacity(outs.len());
-        for (spec, value) in self.outputs.iter().zip(outs) {
-            let shape = value.shape().to_vec();
-            let plain = value.try_as_plain_ram().map_err(err)?;
-            let tensor = match value.datum_type() {
-                DatumType::F32 => HostTensor::f32(shape, plain.as_slice::<f32>().map_err(err)?.to_vec()),
-                DatumType::F16 => HostTensor::f32(
-                    shape,
-                    plain.as_slice::<f16>().map_err(err)?.iter().map(|x| x.to_f32()).collect(),
-                ),
-                DatumType::I64 => HostTensor::i64(shape, plain.as_slice::<i64>().map_err(err)?.to_vec()),
-                other => {
-                    return Err(Error::GraphContract {
-                        graph: self.name.clone(),
-                        message: format!("output {} has element type {other:?}", spec.name),
-                    })
-                }
-            };
-            result.push((spec.name.clone(), tensor));
+        for (spec, value) in self.outputs.iter().zip(&outs) {
+            if !matches!(value.datum_type(), DatumType::F32 | DatumType::F16 | DatumType::I64) {
+                return Err(Error::GraphContract {
+                    graph: self.name.clone(),
+                    message: format!("output {} has element type {:?}", spec.name, value.datum_type()),
+                });
+            }
         }
-        Ok(result)
+        Ok(self.outputs.iter().map(|s| s.name.clone()).zip(outs.into_iter().map(Value::Tract)).collect())
+    }
+}
+
+fn host_value(t: HostTensor, dtype: DType) -> TractResult<Tensor> {
+    match (t.data, dtype) {
+        (TensorData::F32(v), DType::F16) => {
+            let v: Vec<f16> = v.into_iter().map(f16::from_f32).collect();
+            Tensor::from_shape(&t.shape, &v)
+        }
+        (TensorData::F32(v), _) => Tensor::from_shape(&t.shape, &v),
+        (TensorData::I64(v), _) => Tensor::from_shape(&t.shape, &v),
+    }
+}
+
+pub(super) fn to_host(value: &TValue) -> Result<HostTensor> {
+    let err = |e: TractError| Error::Tract(format!("reading an output: {e:#}"));
+    let shape = value.shape().to_vec();
+    let plain = value.try_as_plain_ram().map_err(err)?;
+    match value.datum_type() {
+        DatumType::F32 => Ok(HostTensor::f32(shape, plain.as_slice::<f32>().map_err(err)?.to_vec())),
+        DatumType::F16 => {
+            Ok(HostTensor::f32(shape, plain.as_slice::<f16>().map_err(err)?.iter().map(|x| x.to_f32()).collect()))
+        }
+        DatumType::I64 => Ok(HostTensor::i64(shape, plain.as_slice::<i64>().map_err(err)?.to_vec())),
+        other => Err(Error::Tract(format!("an output of element type {other:?} cannot be read"))),
     }
 }
 
