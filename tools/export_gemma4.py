@@ -5,9 +5,14 @@ transformers.js) run:
         chat_template.jinja preprocessor_config.json processor_config.json
     OUT/onnx/embed_tokens.onnx           input_ids -> inputs_embeds, per_layer_inputs
     OUT/onnx/vision_encoder.onnx         pixel_values, pixel_position_ids -> image_features
+    OUT/onnx/audio_encoder.onnx          input_features, input_features_mask -> audio_features
+                                         (a stand-in: no rows; the Rust runtime ignores it)
     OUT/onnx/decoder_model_merged.onnx   inputs_embeds, per_layer_inputs, attention_mask,
-                                         position_ids, past_key_values.{i}.key/value
-                                         -> logits, present.{i}.key/value
+                                         position_ids, past_key_values.{i}.key/value,
+                                         [num_logits_to_keep] -> logits, present.{i}.key/value
+
+Each graph also comes as NAME_quantized.onnx (--quantize int8), NAME_q4.onnx (--quantize q4)
+and NAME_fp16.onnx (--fp16) when asked for.
 
 Usage:
     python tools/export_gemma4.py --checkpoint path/to/gemma-4-E2B-it --out models/gemma-4-e2b-onnx
@@ -18,6 +23,23 @@ The decoder keeps the full history in every cache layer (sliding-window layers i
 applies the window in its attention mask, so all cache inputs share one past length. Masks are
 computed from positions, so a left-padded row attends exactly as it would alone. Weights over
 2 GB go to external data files next to each graph.
+
+`num_logits_to_keep` (int64 scalar, shape []) works like transformers' `logits_to_keep`: k > 0
+gives logits for the last k positions only (`logits` is [batch, min(k, seq), vocab]); 0 (and
+k < 0) gives all positions. The decoder keeps the last k hidden states before the final norm,
+the vocabulary projection and the soft-capping, so a long prefill does not compute
+[batch, seq, vocab]. It is optional: a graph input with an initializer of the same name (value
+0), which ONNX Runtime lists among a session's overridable initializers rather than its inputs;
+a runner that does not feed it gets all positions. (onnxruntime-node neither lists it nor
+passes it on when fed, so transformers.js always gets all positions.)
+In the int8 (_quantized) variant the vocabulary projection quantizes its activations with one
+scale over the rows it gets, so kept rows differ slightly from the same rows of a full run.
+
+transformers.js loads `audio_encoder` for every Gemma 4 model. Audio is not exported (out of
+scope; the tiny checkpoint has no audio tower): the exporter writes a stand-in with the inputs
+transformers.js feeds (`input_features` float32 [batch, frames, feature_size],
+`input_features_mask` bool [batch, frames]) and an `audio_features` output [0, hidden] of the
+variant's float type (float16 in _fp16), so prompts without audio run and no audio is merged.
 """
 
 import argparse
@@ -27,6 +49,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+LOGITS_TO_KEEP = "num_logits_to_keep"
+# Graphs the quantize / float16 passes leave alone (written per variant instead).
+STAND_INS = ("audio_encoder",)
 
 COPIED_FILES = [
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -94,7 +120,9 @@ class DecoderStep(nn.Module):
         self.first_shared = self.cfg.num_hidden_layers - self.cfg.num_kv_shared_layers
         self.modes = self.cfg.kv_sharing_modes
 
-    def forward(self, inputs_embeds, per_layer_inputs, attention_mask, position_ids, *past):
+    def forward(self, inputs_embeds, per_layer_inputs, attention_mask, position_ids, *past_and_keep):
+        # The last argument is num_logits_to_keep (an int64 scalar); the others are the cache.
+        *past, num_logits_to_keep = past_and_keep
         cfg = self.cfg
         lm = self.lm
         batch, seq = inputs_embeds.shape[0], inputs_embeds.shape[1]
@@ -156,6 +184,10 @@ class DecoderStep(nn.Module):
                 hidden = residual + layer.post_per_layer_input_norm(layer.per_layer_projection(g))
             hidden = hidden * layer.layer_scalar
 
+        # Keep the last k positions (all when k == 0) before the vocabulary projection.
+        seq_len = torch.as_tensor(hidden.shape[1])  # traced as Shape -> Gather (the tracer's warning is wrong)
+        keep = torch.where(num_logits_to_keep > 0, torch.minimum(num_logits_to_keep, seq_len), seq_len)
+        hidden = torch.index_select(hidden, 1, torch.arange(keep) + (seq_len - keep))
         hidden = lm.norm(hidden)
         logits = self.model.lm_head(hidden)
         cap = cfg.final_logit_softcapping
@@ -218,7 +250,7 @@ def export(model, out_dir: Path, opset: int) -> None:
            "per_layer_inputs": {0: "batch_size", 1: "sequence_length"},
            "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
            "position_ids": {0: "batch_size", 1: "sequence_length"},
-           "logits": {0: "batch_size", 1: "sequence_length"}}
+           "logits": {0: "batch_size", 1: "num_logits"}}
     for i, heads, head_dim in cache_layers(tcfg):
         for kind in ("key", "value"):
             past.append(torch.randn(batch, heads, past_len, head_dim))
@@ -226,11 +258,71 @@ def export(model, out_dir: Path, opset: int) -> None:
             out_names.append(f"present.{i}.{kind}")
             dyn[in_names[-1]] = {0: "batch_size", 2: "past_sequence_length"}
             dyn[out_names[-1]] = {0: "batch_size", 2: "total_sequence_length"}
+    decoder_path = onnx_dir / "decoder_model_merged.onnx"
+    keep = torch.tensor(1, dtype=torch.long)
     torch.onnx.export(
-        DecoderStep(model), (embeds, ple, mask, position_ids, *past),
-        str(onnx_dir / "decoder_model_merged.onnx"),
-        input_names=["inputs_embeds", "per_layer_inputs", "attention_mask", "position_ids", *in_names],
+        DecoderStep(model), (embeds, ple, mask, position_ids, *past, keep), str(decoder_path),
+        input_names=["inputs_embeds", "per_layer_inputs", "attention_mask", "position_ids", *in_names,
+                     LOGITS_TO_KEEP],
         output_names=out_names, dynamic_axes=dyn, **kw)
+    add_input_default(decoder_path, LOGITS_TO_KEEP, 0)
+
+
+def add_input_default(path: Path, name: str, value: int) -> None:
+    """Give the int64 scalar graph input `name` a default: an initializer of the same name
+    (an overridable initializer, ONNX IR >= 4), so runners that do not know it need not feed it."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path), load_external_data=False)  # external weights stay where they are
+    (inp,) = [i for i in m.graph.input if i.name == name]
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.INT64 and not inp.type.tensor_type.shape.dim
+    assert m.ir_version >= 4 and not any(t.name == name for t in m.graph.initializer)
+    m.graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), name))
+    onnx.save_model(m, str(path))
+
+
+def write_audio_stand_in(path: Path, feature_size: int, hidden: int, fp16: bool, opset: int) -> None:
+    """An audio_encoder without an audio tower: the inputs transformers.js feeds, no rows out."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    out_type = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+    inputs = [
+        helper.make_tensor_value_info("input_features", TensorProto.FLOAT,
+                                      ["batch_size", "num_frames", feature_size]),
+        helper.make_tensor_value_info("input_features_mask", TensorProto.BOOL, ["batch_size", "num_frames"]),
+    ]
+    output = helper.make_tensor_value_info("audio_features", out_type, ["num_audio_tokens", hidden])
+    node = helper.make_node(
+        "ConstantOfShape", ["audio_features_shape"], ["audio_features"],
+        value=helper.make_tensor("zero", out_type, [1], [0]))
+    shape = numpy_helper.from_array(np.array([0, hidden], dtype=np.int64), "audio_features_shape")
+    graph = helper.make_graph([node], "audio_encoder_stand_in", inputs, [output], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="gemma-batch export_gemma4.py")
+    model.ir_version = 8
+    model.doc_string = "Stand-in: the checkpoint has no audio tower; audio_features has no rows."
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+
+
+def write_audio_stand_ins(model, out_dir: Path, suffixes: list, opset: int) -> None:
+    """`audio_encoder{suffix}.onnx` for each variant suffix (transformers.js picks it by dtype)."""
+    cfg = model.config
+    if getattr(cfg, "audio_config", None) is not None:
+        print("note: the audio tower is not exported; onnx/audio_encoder*.onnx are stand-ins without rows")
+    feature_size = 128  # Gemma4AudioFeatureExtractor's default
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = out_dir / name
+        if path.exists():
+            fe = json.loads(path.read_text()).get("feature_extractor") or {}
+            feature_size = fe.get("feature_size", feature_size)
+    for suffix in suffixes:
+        write_audio_stand_in(out_dir / "onnx" / f"audio_encoder{suffix}.onnx", feature_size,
+                             cfg.text_config.hidden_size, suffix == "_fp16", opset)
 
 
 def externalize_large(onnx_dir: Path, threshold: int = 1 << 31) -> None:
@@ -250,7 +342,7 @@ def quantize(onnx_dir: Path, kind: str) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     for path in sorted(onnx_dir.glob("*.onnx")):
-        if path.stem.endswith(("_quantized", "_q4", "_fp16", "_q4f16")):
+        if path.stem.endswith(("_quantized", "_q4", "_fp16", "_q4f16")) or path.stem.startswith(STAND_INS):
             continue
         if kind == "int8":
             quantize_dynamic(str(path), str(path.with_name(path.stem + "_quantized.onnx")),
@@ -270,7 +362,7 @@ def to_fp16(onnx_dir: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     for path in sorted(onnx_dir.glob("*.onnx")):
-        if path.stem.endswith(("_quantized", "_q4", "_fp16", "_q4f16")):
+        if path.stem.endswith(("_quantized", "_q4", "_fp16", "_q4f16")) or path.stem.startswith(STAND_INS):
             continue
         model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=False,
                                          op_block_list=["CumSum", "Softmax", "Pow", "ReduceMean"])
@@ -309,10 +401,14 @@ def main() -> None:
     with torch.no_grad():
         export(model, args.out, args.opset)
     externalize_large(args.out / "onnx")
+    suffixes = [""]
     for kind in args.quantize:
         quantize(args.out / "onnx", kind)
+        suffixes.append({"int8": "_quantized", "q4": "_q4"}[kind])
     if args.fp16:
         to_fp16(args.out / "onnx")
+        suffixes.append("_fp16")
+    write_audio_stand_ins(model, args.out, suffixes, args.opset)
     print(f"exported {args.checkpoint} -> {args.out}")
 
 

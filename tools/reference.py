@@ -133,7 +133,15 @@ def onnx_first_step(onnx_dir: Path, inputs: dict, cfg) -> np.ndarray:
     for inp in dec.get_inputs():
         if inp.name.startswith("past_key_values"):
             feeds[inp.name] = np.zeros((1, inp.shape[1], 0, inp.shape[3]), np.float32)
-    return dec.run(["logits"], feeds)[0][0, -1]
+    logits = dec.run(["logits"], feeds)[0]
+    # num_logits_to_keep (an input with a default of 0, so not in get_inputs()) = 1 must give
+    # the last position alone, equal to the full run's.
+    names = [i.name for i in dec.get_inputs()] + [i.name for i in dec.get_overridable_initializers()]
+    if "num_logits_to_keep" in names:
+        last = dec.run(["logits"], {**feeds, "num_logits_to_keep": np.array(1, dtype=np.int64)})[0]
+        if last.shape != (1, 1, logits.shape[2]) or np.abs(last[0, -1] - logits[0, -1]).max() > 1e-4:
+            raise SystemExit(f"num_logits_to_keep=1 gives logits {last.shape} unlike the last of {logits.shape}")
+    return logits[0, -1]
 
 
 def main() -> None:
