@@ -13,4 +13,6 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
     exit 1
   fi
 fi
+# transformers.js runs the tiny export against the goldens when node is installed (it skips itself otherwise).
+bash tools/check-transformers-js.sh
 cargo test --locked "$@"
