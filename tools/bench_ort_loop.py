@@ -160,7 +160,7 @@ def main() -> None:
     ap.add_argument("bench_json", type=Path, help="JSON written by gemma-batch bench generate --json")
     ap.add_argument("--model", type=Path, help="model directory (default: the JSON's model)")
     ap.add_argument("--batch", type=parse_batches, help="batch sizes, e.g. 1,8 (default: those of the gemma-batch runs)")
-    ap.add_argument("--threads", type=int, help="intra-op threads (default: the JSON's threads)")
+    ap.add_argument("--threads", type=int, help="intra-op threads, 0 for ONNX Runtime's choice (default: the JSON's threads)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--logits-to-keep", action="store_true",
                       help="feed num_logits_to_keep = 1 when the decoder has that input")
@@ -181,7 +181,7 @@ def main() -> None:
     new_tokens = int(bench["new_tokens"])
     rust_runs = bench.get("runs") or []
     batches = args.batch or sorted({int(r["batch"]) for r in rust_runs}) or [1, 8]
-    threads = args.threads or int(bench.get("threads") or 0)
+    threads = args.threads if args.threads is not None else int(bench.get("threads") or 0)
 
     import onnxruntime as ort
 

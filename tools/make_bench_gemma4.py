@@ -19,6 +19,10 @@ bandwidth on a CPU, small enough to build in minutes. What it keeps from google/
   inputs (PLE); tied embeddings; final logit soft-capping at 30; E2B's context length;
 - the chat template and tokenizer_config.json of the tiny test model (tools/make_tiny_gemma4.py).
 
+Weights are random (the tiny model's perturbed init) with the query and key norm weights scaled
+down so that attention is not a hair-trigger: greedy ids then do not depend on batch shape or
+summation order, and a runner's ids can be checked against another's.
+
 The export goes to OUT (git-ignored by default) through tools/export_gemma4.py. A stamp file
 names the version of the scripts that made it; a later run with the same scripts does nothing.
 """
@@ -182,6 +186,18 @@ def text_config() -> dict:
     )
 
 
+def soften_attention(model) -> None:
+    """Gemma 4 attends with scale 1 after RMS-normalising queries and keys, so with random
+    norm weights near 1 the scores have a spread of about sqrt(head_dim) and softmax picks one
+    key: a chaotic model in which rounding differences between batch shapes flip greedy tokens.
+    Trained models learn smaller q/k norm weights; scaling ours by head_dim^-1/4 each gives
+    scores of unit spread, so runners that compute in different orders agree on the ids."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("self_attn.q_norm.weight", "self_attn.k_norm.weight")):
+                p.mul_(p.shape[-1] ** -0.25)
+
+
 def parameter_counts(model) -> dict:
     """Parameters by component of the language model (tied lm_head counted once)."""
     order = ["embed_tokens (= tied lm_head)", "embed_tokens_per_layer (PLE table)", "per-layer input projection",
@@ -238,6 +254,7 @@ def build_checkpoint(out: Path) -> dict:
     torch.manual_seed(SEED)
     model = Gemma4ForConditionalGeneration(config).eval()
     randomize_weights(model, SEED)
+    soften_attention(model)
     set_generation_config(model, ids)
     counts = parameter_counts(model)
     model.save_pretrained(out)
