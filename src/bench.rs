@@ -54,3 +54,107 @@ pub fn filters(set: &FilterSet, sizes: &[usize], repeats: usize) -> Vec<FilterTi
         })
         .collect()
 }
+
+/// `n` prompts of 4 to 40 words (a fixed seed), for generation benchmarks: mixed lengths, as
+/// a batch of real questions has.
+pub fn generation_prompts(n: usize, seed: u64) -> Vec<String> {
+    use rand::{Rng, SeedableRng};
+    const WORDS: &[&str] = &[
+        "invoice", "total", "the", "of", "date", "vendor", "what", "is", "amount", "due", "please", "describe", "image",
+        "a", "red", "circle", "blue", "square", "on", "page", "receipt", "tax", "number", "form", "name", "address",
+        "summarise", "document", "in", "one", "sentence", "which", "colour", "shape", "left", "right", "table", "row",
+        "column", "how", "many", "items", "are", "listed", "and", "who", "signed", "it", "when", "was", "paid",
+    ];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let words = rng.random_range(4..=40);
+            (0..words).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect::<Vec<_>>().join(" ")
+        })
+        .collect()
+}
+
+/// One timed generation run over all prompts with `slots` rows decoding together.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GenerationRun {
+    pub runner: &'static str,
+    pub batch: usize,
+    pub seconds: f64,
+    /// Generated tokens, end-of-generation tokens included.
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+    pub items_per_s: f64,
+    /// Generated ids per prompt, in prompt order.
+    pub outputs: Vec<Vec<u32>>,
+}
+
+/// Generates greedily for every prompt through the engine's continuous batch (the same path
+/// as `gemma-batch run`): `slots` rows at a time, drawn from a window of four batches.
+pub fn generation(
+    model: &mut crate::model::Gemma4,
+    prompts: &[crate::model::Prepared],
+    slots: usize,
+    new_tokens: usize,
+    progress: &indicatif::ProgressBar,
+) -> crate::error::Result<GenerationRun> {
+    use crate::model::{BatchError, Driver, Fill, Finished, Gemma4, GenerationOptions};
+
+    struct Bench<'a> {
+        prompts: std::iter::Enumerate<std::slice::Iter<'a, crate::model::Prepared>>,
+        options: GenerationOptions,
+        outputs: Vec<Vec<u32>>,
+        error: Option<crate::error::Error>,
+        progress: &'a indicatif::ProgressBar,
+    }
+    impl Driver<usize> for Bench<'_> {
+        fn fill(&mut self, _: &mut Gemma4, room: usize, _: bool) -> Fill<usize> {
+            let more: Vec<_> = self.prompts.by_ref().take(room).map(|(i, p)| (i, p.clone(), self.options.clone())).collect();
+            if more.is_empty() {
+                Fill::End
+            } else {
+                Fill::More(more)
+            }
+        }
+        fn done(&mut self, _: &mut Gemma4, finished: Vec<Finished<usize>>) -> bool {
+            for f in finished {
+                self.progress.inc(1);
+                match f.result {
+                    Ok(g) => self.outputs[f.tag] = g.token_ids,
+                    Err(e) => {
+                        self.error = Some(e);
+                        return false;
+                    }
+                }
+            }
+            true
+        }
+        fn failed(&mut self, _: &mut Gemma4, e: BatchError<usize>) -> bool {
+            self.error = Some(e.error);
+            false
+        }
+    }
+
+    let mut bench = Bench {
+        prompts: prompts.iter().enumerate(),
+        options: GenerationOptions { max_new_tokens: new_tokens, sampling: None },
+        outputs: vec![Vec::new(); prompts.len()],
+        error: None,
+        progress,
+    };
+    let start = Instant::now();
+    crate::model::drive(model, slots, slots * 4, &mut bench);
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(e) = bench.error {
+        return Err(e);
+    }
+    let tokens: usize = bench.outputs.iter().map(Vec::len).sum();
+    Ok(GenerationRun {
+        runner: "gemma-batch",
+        batch: slots,
+        seconds,
+        tokens,
+        tokens_per_s: tokens as f64 / seconds,
+        items_per_s: prompts.len() as f64 / seconds,
+        outputs: bench.outputs,
+    })
+}

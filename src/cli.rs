@@ -249,6 +249,36 @@ enum BenchCommand {
     /// Time a filter set's rule-based filters on single-line inputs of growing size.
     #[command(after_help = "Examples:\n  gemma-batch bench filters --set default\n  gemma-batch bench filters --set pii-only --sizes-mb 1,10,50")]
     Filters(BenchFiltersArgs),
+    /// Generation throughput: tokens/s and items/s per batch size, measured in one process.
+    #[command(after_help = "Examples:\n  gemma-batch bench generate --model models/tiny-gemma4\n  \
+gemma-batch bench generate --model models/bench-gemma4 --batch 1,8 --prompts 64 --new-tokens 32 --json bench.json\n  \
+gemma-batch bench generate --model DIR --prompts-file questions.txt --device cuda\n\n\
+Prompts are 4 to 40 words (fixed seed) unless --prompts-file gives one per line. Greedy decoding\n\
+through the same continuous batch as `gemma-batch run`; one warm-up run comes first.\n\
+tools/bench-generate.sh runs this and a plain Python onnxruntime loop over the same prompts\n\
+and prints the ratios.")]
+    Generate(BenchGenerateArgs),
+}
+
+#[derive(Args)]
+struct BenchGenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Batch sizes (rows decoding together) to measure; ratios are against the first.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batch: Vec<usize>,
+    /// Number of generated prompts.
+    #[arg(long, default_value_t = 64)]
+    prompts: usize,
+    /// Read prompts from this file instead, one per line (blank lines skipped).
+    #[arg(long, value_name = "FILE", conflicts_with = "prompts")]
+    prompts_file: Option<PathBuf>,
+    /// New tokens per prompt (greedy; fewer when an end-of-generation token comes first).
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    /// Write prompts (token ids), figures and outputs as JSON, for tools/bench_ort_loop.py.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -283,6 +313,7 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => eval(args),
         Command::Report(args) => report(args),
         Command::Bench(BenchCommand::Filters(args)) => bench_filters(args),
+        Command::Bench(BenchCommand::Generate(args)) => bench_generate(args),
     };
     match result {
         Ok(code) => code,
@@ -575,6 +606,86 @@ fn bench_filters(args: BenchFiltersArgs) -> Result<ExitCode> {
         println!("{:>10} {:>10.3} {:>10.2} {:>10} {:>13.2}x", t.bytes, t.seconds, t.bytes as f64 / 1e6 / t.seconds, t.decisions, t.seconds / base);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn bench_generate(args: BenchGenerateArgs) -> Result<ExitCode> {
+    anyhow::ensure!(!args.batch.is_empty() && !args.batch.contains(&0), "--batch: give batch sizes of at least 1");
+    let texts = match &args.prompts_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+        }
+        None => crate::bench::generation_prompts(args.prompts, 20_261_130),
+    };
+    anyhow::ensure!(!texts.is_empty(), "no prompts to run");
+    let mut model = args.model.load()?;
+    let prompts = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            model
+                .prepare(&crate::model::Request { prompt: t.clone(), ..Default::default() })
+                .with_context(|| format!("prompt {} ({t:?})", i + 1))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let lens: Vec<usize> = prompts.iter().map(|p| p.input_ids.len()).collect();
+    let info = model.backend_info().clone();
+    println!(
+        "model {} ({} on {}), {} prompts of {}..{} tokens (mean {:.1}), {} new tokens, greedy",
+        args.model.model.display(),
+        crate::util::enum_name(&info.backend),
+        info.device,
+        prompts.len(),
+        lens.iter().min().unwrap_or(&0),
+        lens.iter().max().unwrap_or(&0),
+        lens.iter().sum::<usize>() as f64 / lens.len() as f64,
+        args.new_tokens
+    );
+    // Warm-up: first-run allocations and kernel selection are not throughput.
+    let hidden = indicatif::ProgressBar::hidden();
+    crate::bench::generation(&mut model, &prompts[..prompts.len().min(2)], 2, 2, &hidden)?;
+    let mut runs = Vec::with_capacity(args.batch.len());
+    for &batch in &args.batch {
+        let bar = indicatif::ProgressBar::new(prompts.len() as u64).with_message(format!("batch {batch}"));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} prompts {elapsed_precise}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        runs.push(crate::bench::generation(&mut model, &prompts, batch, args.new_tokens, &bar)?);
+        bar.finish_and_clear();
+    }
+    println!("{:>6} {:>9} {:>8} {:>10} {:>9} {:>12}", "batch", "seconds", "tokens", "tokens/s", "items/s", "vs first");
+    let base = runs[0].tokens_per_s;
+    for r in &runs {
+        println!(
+            "{:>6} {:>9.2} {:>8} {:>10.1} {:>9.2} {:>11.2}x",
+            r.batch, r.seconds, r.tokens, r.tokens_per_s, r.items_per_s, r.tokens_per_s / base
+        );
+    }
+    let differ = runs.iter().skip(1).map(|r| r.outputs.iter().zip(&runs[0].outputs).filter(|(a, b)| a != b).count()).max().unwrap_or(0);
+    println!(
+        "outputs identical across batch sizes: {}",
+        if differ == 0 { "yes".to_string() } else { format!("no ({differ} of {} prompts differ)", prompts.len()) }
+    );
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "model": args.model.model,
+            "backend": info.backend,
+            "device": info.device,
+            "new_tokens": args.new_tokens,
+            "threads": args.model.threads,
+            "prompts": prompts.iter().map(|p| &p.input_ids).collect::<Vec<_>>(),
+            "runs": runs,
+        });
+        let text = serde_json::to_string(&json)?;
+        crate::sink::export::write_atomically(path, |f| {
+            use std::io::Write;
+            f.write_all(text.as_bytes()).map_err(|e| crate::Error::io(path, e))
+        })
+        .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(if differ == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn parse_gate(s: &str) -> Result<(String, crate::evals::suite::GateSpec)> {

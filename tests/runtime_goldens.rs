@@ -47,9 +47,17 @@ fn goldens() -> Vec<Case> {
     g.cases
 }
 
+/// ONNX Runtime tests run on CUDA when GEMMA_BATCH_TEST_DEVICE=cuda (tools/gpu-check.sh).
+fn device(kind: BackendKind) -> Device {
+    match std::env::var("GEMMA_BATCH_TEST_DEVICE").as_deref() {
+        Ok("cuda") if kind == BackendKind::Ort => Device::Cuda,
+        _ => Device::Cpu,
+    }
+}
+
 fn load(kind: BackendKind) -> Gemma4 {
     let options = ModelOptions {
-        backend: BackendOptions { kind, device: Device::Cpu, threads: 0 },
+        backend: BackendOptions { kind, device: device(kind), threads: 0 },
         ..ModelOptions::default()
     };
     Gemma4::load(&model_dir(), &options).unwrap_or_else(|e| panic!("loading the tiny model on {kind:?}: {e}"))
@@ -142,6 +150,71 @@ fn check_batch_equals_alone(kind: BackendKind) {
         assert_eq!(b.token_ids, alone.token_ids, "{}: batched vs alone on {kind:?}", case.name);
         assert_eq!(b.finish_reason, alone.finish_reason);
     }
+}
+
+/// Feeds golden requests two at a time into a continuous batch of three slots, so rows
+/// join while others run and leave at different lengths.
+struct GoldenDriver {
+    pending: Vec<(usize, Prepared, GenerationOptions)>,
+    results: Vec<Option<Vec<u32>>>,
+    finished_so_far: usize,
+    /// Requests handed over after some row had already finished (joins into a running batch).
+    late_joins: usize,
+}
+
+impl gemma_batch::model::Driver<usize> for GoldenDriver {
+    fn fill(&mut self, _: &mut Gemma4, room: usize, _block: bool) -> gemma_batch::model::Fill<usize> {
+        if self.pending.is_empty() {
+            return gemma_batch::model::Fill::End;
+        }
+        let n = room.min(2).min(self.pending.len());
+        let batch: Vec<_> = self.pending.drain(..n).collect();
+        if self.finished_so_far > 0 {
+            self.late_joins += batch.len();
+        }
+        gemma_batch::model::Fill::More(batch)
+    }
+    fn done(&mut self, _: &mut Gemma4, finished: Vec<gemma_batch::model::Finished<usize>>) -> bool {
+        for f in finished {
+            self.finished_so_far += 1;
+            self.results[f.tag] = Some(f.result.unwrap().token_ids);
+        }
+        true
+    }
+    fn failed(&mut self, _: &mut Gemma4, e: gemma_batch::model::BatchError<usize>) -> bool {
+        panic!("batch failed: {}", e.error)
+    }
+}
+
+/// Every golden case through a continuous batch (3 slots, a window of 4, rows of different
+/// lengths and budgets joining mid-run) gives exactly transformers' greedy tokens.
+fn check_continuous_batching(kind: BackendKind) {
+    let mut model = load(kind);
+    let cases = goldens();
+    let pending: Vec<(usize, Prepared, GenerationOptions)> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i, model.prepare(&request(c)).unwrap(), greedy(2 + (i * 7) % 19)))
+        .collect();
+    let budgets: Vec<usize> = pending.iter().map(|(_, _, o)| o.max_new_tokens).collect();
+    let mut driver = GoldenDriver { pending, results: vec![None; cases.len()], finished_so_far: 0, late_joins: 0 };
+    gemma_batch::model::drive(&mut model, 3, 4, &mut driver);
+    assert!(driver.late_joins >= 4, "rows should join a running batch ({} did)", driver.late_joins);
+    for ((case, got), budget) in cases.iter().zip(&driver.results).zip(budgets) {
+        let got = got.as_ref().unwrap_or_else(|| panic!("{}: no result", case.name));
+        let want = &case.greedy_ids[..budget.min(case.greedy_ids.len())];
+        assert_eq!(got, want, "{}: continuous batching on {kind:?} vs transformers", case.name);
+    }
+}
+
+#[test]
+fn ort_continuous_batching_matches_transformers() {
+    check_continuous_batching(BackendKind::Ort);
+}
+
+#[test]
+fn tract_continuous_batching_matches_transformers() {
+    check_continuous_batching(BackendKind::Tract);
 }
 
 #[test]

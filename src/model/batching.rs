@@ -329,3 +329,110 @@ fn finish_row<T: Clone>(model: &Gemma4, row: &Row<T>, reason: FinishReason) -> F
         latency: row.joined.elapsed(),
     }
 }
+
+/// A request waiting for a slot: its tag, its prompt and its options.
+pub type Request<T> = (T, Prepared, GenerationOptions);
+
+/// Requests waiting to join, at most `capacity` of them. Joiners are the oldest request and
+/// the ones nearest to it in prompt length, so that a prefill pads little and no request
+/// waits behind an endless run of shorter ones.
+pub struct Waiting<T> {
+    items: std::collections::VecDeque<Request<T>>,
+    capacity: usize,
+}
+
+impl<T> Waiting<T> {
+    pub fn new(capacity: usize) -> Self {
+        Waiting { items: Default::default(), capacity: capacity.max(1) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Room left in the window.
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.items.len())
+    }
+
+    pub fn push(&mut self, request: Request<T>) {
+        self.items.push_back(request);
+    }
+
+    /// Takes up to `k` requests: the oldest and the `k - 1` nearest to it in prompt length
+    /// (ties go to the older one), in their order of arrival.
+    pub fn take(&mut self, k: usize) -> Vec<Request<T>> {
+        let Some(oldest) = self.items.front() else { return Vec::new() };
+        let anchor = oldest.1.input_ids.len();
+        let mut order: Vec<usize> = (1..self.items.len()).collect();
+        order.sort_by_key(|&i| (self.items[i].1.input_ids.len().abs_diff(anchor), i));
+        let mut chosen: Vec<usize> = std::iter::once(0).chain(order.into_iter().take(k.saturating_sub(1))).collect();
+        chosen.sort_unstable();
+        let mut taken = Vec::with_capacity(chosen.len());
+        for (n, i) in chosen.into_iter().enumerate() {
+            taken.push(self.items.remove(i - n).expect("index in range"));
+        }
+        taken
+    }
+}
+
+/// What a [`drive`] source gives: more requests, or none ever again.
+pub enum Fill<T> {
+    More(Vec<Request<T>>),
+    End,
+}
+
+/// The caller's side of [`drive`]: where requests come from and where finished rows go.
+pub trait Driver<T> {
+    /// Up to `room` more requests. May block only when `block` is set (nothing is running
+    /// or waiting).
+    fn fill(&mut self, model: &mut Gemma4, room: usize, block: bool) -> Fill<T>;
+    /// Rows that finished; false stops the run.
+    fn done(&mut self, model: &mut Gemma4, finished: Vec<Finished<T>>) -> bool;
+    /// Rows a backend failure took down; false stops the run.
+    fn failed(&mut self, model: &mut Gemma4, error: BatchError<T>) -> bool;
+}
+
+/// Runs requests through a continuous batch of `slots` rows, drawing them into a window of
+/// `window` waiting requests, until the driver has no more and every row has finished.
+pub fn drive<T: Clone>(model: &mut Gemma4, slots: usize, window: usize, driver: &mut impl Driver<T>) {
+    let mut batch = ContinuousBatch::new(slots);
+    let mut waiting = Waiting::new(window.max(slots));
+    let mut open = true;
+    loop {
+        if open && waiting.room() > 0 {
+            let block = batch.is_empty() && waiting.is_empty();
+            match driver.fill(model, waiting.room(), block) {
+                Fill::More(requests) => requests.into_iter().for_each(|r| waiting.push(r)),
+                Fill::End => open = false,
+            }
+        }
+        if batch.free() > 0 && !waiting.is_empty() {
+            let joiners = waiting.take(batch.free());
+            let keep_going = match batch.admit(model, joiners) {
+                Ok(f) => f.is_empty() || driver.done(model, f),
+                Err(e) => driver.failed(model, e),
+            };
+            if !keep_going {
+                return;
+            }
+        }
+        if batch.is_empty() {
+            if !open && waiting.is_empty() {
+                return;
+            }
+            continue;
+        }
+        let keep_going = match batch.step(model) {
+            Ok(f) => f.is_empty() || driver.done(model, f),
+            Err(e) => driver.failed(model, e),
+        };
+        if !keep_going {
+            return;
+        }
+    }
+}

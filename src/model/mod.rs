@@ -10,7 +10,7 @@ pub mod tensor;
 pub mod tokenizer;
 
 pub use backend::{BackendInfo, BackendKind, BackendOptions, Device};
-pub use batching::{BatchError, ContinuousBatch, Finished};
+pub use batching::{drive, BatchError, ContinuousBatch, Driver, Fill, Finished, Request as BatchRequest, Waiting};
 pub use files::{model_hash, Variant};
 pub use gemma4::{
     CandidateScore, FinishReason, Gemma4, Generation, GenerationOptions, ImageSource, ModelOptions, Prepared,

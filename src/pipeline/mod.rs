@@ -20,6 +20,7 @@ mod summary;
 mod tasks;
 mod writer;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -352,23 +353,83 @@ async fn sink_state(layout: &SinkLayout, store: &ResultStore, quarantine: &Resul
     Ok((state, both))
 }
 
-/// The model thread: batches of one task each, `batch_size` at a time, the rest at the end.
-fn model_loop(mut stage: ModelStage, mut model: Gemma4, mut prep_rx: mpsc::Receiver<PreparedItem>, batch_size: usize) {
-    let mut waiting: std::collections::BTreeMap<usize, Vec<PreparedItem>> = Default::default();
-    while let Some(p) = prep_rx.blocking_recv() {
-        let queue = waiting.entry(p.item.task).or_default();
-        queue.push(p);
-        if queue.len() >= batch_size {
-            let batch = std::mem::take(queue);
-            if !stage.run_batch(&mut model, batch) {
-                return;
+/// The model thread: prepared items of every task run through one continuous batch of
+/// `batch_size` rows, drawn from a window of four batches' worth ordered by prompt length.
+fn model_loop(stage: ModelStage, mut model: Gemma4, prep_rx: mpsc::Receiver<PreparedItem>, batch_size: usize) {
+    let mut driver = ModelDriver { stage, prep_rx, items: HashMap::new(), next_tag: 0, writer_gone: false };
+    crate::model::drive(&mut model, batch_size, batch_size * 4, &mut driver);
+}
+
+/// Feeds the continuous batch from the preparer and hands finished rows to the model stage.
+struct ModelDriver {
+    stage: ModelStage,
+    prep_rx: mpsc::Receiver<PreparedItem>,
+    /// Items in the batch or waiting for it, by tag.
+    items: HashMap<u64, WorkItem>,
+    next_tag: u64,
+    writer_gone: bool,
+}
+
+impl crate::model::Driver<u64> for ModelDriver {
+    fn fill(&mut self, model: &mut Gemma4, room: usize, block: bool) -> crate::model::Fill<u64> {
+        use crate::model::Fill;
+        use tokio::sync::mpsc::error::TryRecvError;
+        if self.writer_gone {
+            return Fill::End;
+        }
+        let mut got = Vec::new();
+        if block {
+            match self.prep_rx.blocking_recv() {
+                Some(p) => got.push(p),
+                None => return Fill::End,
             }
         }
-    }
-    for (_, batch) in waiting {
-        if !batch.is_empty() && !stage.run_batch(&mut model, batch) {
-            return;
+        while got.len() < room {
+            match self.prep_rx.try_recv() {
+                Ok(p) => got.push(p),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) if got.is_empty() => return Fill::End,
+                Err(TryRecvError::Disconnected) => break,
+            }
         }
+        let Some(kept) = self.stage.screen_inputs(model, got) else {
+            self.writer_gone = true;
+            return Fill::End;
+        };
+        let requests = kept
+            .into_iter()
+            .map(|p| {
+                let tag = self.next_tag;
+                self.next_tag += 1;
+                let options = self.stage.options(&p.item);
+                self.items.insert(tag, p.item);
+                (tag, p.prepared, options)
+            })
+            .collect();
+        Fill::More(requests)
+    }
+
+    fn done(&mut self, model: &mut Gemma4, finished: Vec<crate::model::Finished<u64>>) -> bool {
+        let rows = finished
+            .into_iter()
+            .filter_map(|f| Some((self.items.remove(&f.tag)?, f.result, f.latency.as_secs_f64() * 1000.0)))
+            .collect();
+        let ok = self.stage.finish_generated(model, rows);
+        self.writer_gone |= !ok;
+        ok
+    }
+
+    fn failed(&mut self, _model: &mut Gemma4, error: crate::model::BatchError<u64>) -> bool {
+        let message = error.error.to_string();
+        for tag in error.tags {
+            if let Some(item) = self.items.remove(&tag) {
+                if !self.stage.fail(&item, &message) {
+                    self.writer_gone = true;
+                    return false;
+                }
+            }
+        }
+        true
     }
 }
 

@@ -1,8 +1,7 @@
-//! The model stage: the input policy filter, generation, and the output filters, one batch
-//! (of one task) at a time, on the model's own thread.
+//! The model stage: the input policy filter, generation in a continuous batch, and the output
+//! filters, on the model's own thread.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use tokio::sync::mpsc;
 
@@ -11,7 +10,8 @@ use super::screening::{set_filter_columns, Filters};
 use super::tasks::{check_extract, sampling_of, PreparedItem, Provenance, WorkItem};
 use super::Finished;
 use crate::filters::{Decision, FilterSet, Outcome, PolicyItem, Screening, Stage};
-use crate::model::{Gemma4, GenerationOptions, ImageSource, Prepared};
+use crate::error::Result;
+use crate::model::{Gemma4, Generation, GenerationOptions, ImageSource};
 use crate::source::RowImage;
 use crate::spec::{TaskKind, TaskSpec};
 
@@ -125,92 +125,82 @@ impl ModelStage {
             .collect()
     }
 
-    /// Runs one batch (one task); false when the writer has gone.
-    pub fn run_batch(&mut self, model: &mut Gemma4, batch: Vec<PreparedItem>) -> bool {
-        let Some(first) = batch.first() else { return true };
-        let task = self.tasks[first.item.task].clone();
-        let mut batch = batch;
-
-        // Input policy filter: the prompt text and the row's image.
-        if let Some(set) = self.filters.input.clone().filter(|s| s.policy().is_some()) {
-            let items = batch
-                .iter()
-                .map(|p| {
-                    let mut parts = vec![PolicyPart { what: "text", item: PolicyItem::Text(p.item.prompt.clone()), key: None }];
-                    if let Some(img) = &p.item.image {
-                        let key = Some(format!("image:{}", p.item.content_hash));
-                        parts.push(PolicyPart { what: "image", item: PolicyItem::Image(image_source(img)), key });
-                    }
-                    parts
-                })
-                .collect();
-            let results = self.policy_decisions(model, &set, items, Stage::Input);
-            let mut kept = Vec::with_capacity(batch.len());
-            for (mut p, result) in batch.into_iter().zip(results) {
-                let stopped = match result {
-                    Ok(d) => {
-                        p.item.decisions.extend(d);
-                        matches!(crate::filters::outcome(&p.item.decisions), Outcome::Drop | Outcome::Quarantine)
-                            .then(|| self.finish(&p.item, &task, None))
-                    }
-                    Err(e) => Some(self.finish(&p.item, &task, Some(e))),
-                };
-                match stopped {
-                    Some(f) => {
-                        if !self.send(f) {
-                            return false;
-                        }
-                    }
-                    None => kept.push(p),
+    /// Input policy filter over newly prepared items (the prompt text and the row's image):
+    /// items it stops are finished here; returns the rest, or None when the writer has gone.
+    pub fn screen_inputs(&mut self, model: &mut Gemma4, batch: Vec<PreparedItem>) -> Option<Vec<PreparedItem>> {
+        let Some(set) = self.filters.input.clone().filter(|s| s.policy().is_some()) else { return Some(batch) };
+        if batch.is_empty() {
+            return Some(batch);
+        }
+        let items = batch
+            .iter()
+            .map(|p| {
+                let mut parts = vec![PolicyPart { what: "text", item: PolicyItem::Text(p.item.prompt.clone()), key: None }];
+                if let Some(img) = &p.item.image {
+                    let key = Some(format!("image:{}", p.item.content_hash));
+                    parts.push(PolicyPart { what: "image", item: PolicyItem::Image(image_source(img)), key });
                 }
-            }
-            batch = kept;
-            if batch.is_empty() {
-                return true;
+                parts
+            })
+            .collect();
+        let results = self.policy_decisions(model, &set, items, Stage::Input);
+        let mut kept = Vec::with_capacity(batch.len());
+        for (mut p, result) in batch.into_iter().zip(results) {
+            let task = &self.tasks[p.item.task];
+            let stopped = match result {
+                Ok(d) => {
+                    p.item.decisions.extend(d);
+                    matches!(crate::filters::outcome(&p.item.decisions), Outcome::Drop | Outcome::Quarantine)
+                        .then(|| self.finish(&p.item, task, None))
+                }
+                Err(e) => Some(self.finish(&p.item, task, Some(e))),
+            };
+            match stopped {
+                Some(f) => {
+                    if !self.send(f) {
+                        return None;
+                    }
+                }
+                None => kept.push(p),
             }
         }
+        Some(kept)
+    }
 
-        let options = GenerationOptions { max_new_tokens: task.max_new_tokens, sampling: sampling_of(&task) };
-        let prompts: Vec<Prepared> = batch.iter().map(|p| p.prepared.clone()).collect();
-        let t0 = Instant::now();
-        let result = model.generate_rows(&prompts, &options);
-        let latency = t0.elapsed().as_secs_f64() * 1000.0;
-        let results = match result {
-            Ok(g) if g.len() == batch.len() => g,
-            Ok(g) => {
-                let e = format!("model: {} outputs for {} prompts", g.len(), batch.len());
-                return batch.iter().all(|p| self.send(self.finish(&p.item, &task, Some(e.clone()))));
-            }
-            Err(e) => return batch.iter().all(|p| self.send(self.finish(&p.item, &task, Some(format!("model: {e}"))))),
-        };
-        // A row the model could not run is that row's failure only.
-        let mut gens = Vec::with_capacity(results.len());
-        let mut ran = Vec::with_capacity(results.len());
-        for (p, r) in batch.into_iter().zip(results) {
-            match r {
-                Ok(g) => {
-                    gens.push(g);
-                    ran.push(p);
-                }
+    /// Generation options of an item's task.
+    pub fn options(&self, item: &WorkItem) -> GenerationOptions {
+        let task = &self.tasks[item.task];
+        GenerationOptions { max_new_tokens: task.max_new_tokens, sampling: sampling_of(task) }
+    }
+
+    /// A row the model could not run (its own error, or its batch's backend failure).
+    pub fn fail(&self, item: &WorkItem, error: &str) -> bool {
+        self.send(self.finish(item, &self.tasks[item.task], Some(format!("model: {error}"))))
+    }
+
+    /// Output filters over generated rows, then the rows go to the writer: rules first (they
+    /// may redact), then the policy filter on what is left. False when the writer has gone.
+    pub fn finish_generated(&mut self, model: &mut Gemma4, rows: Vec<(WorkItem, Result<Generation>, f64)>) -> bool {
+        let mut generated = Vec::with_capacity(rows.len());
+        for (item, result, latency) in rows {
+            match result {
+                Ok(g) => generated.push((item, g, latency)),
                 Err(e) => {
-                    if !self.send(self.finish(&p.item, &task, Some(format!("model: {e}")))) {
+                    if !self.fail(&item, &e.to_string()) {
                         return false;
                     }
                 }
             }
         }
-        let batch = ran;
-
-        // Output filters: rules first (they may redact), then the policy filter on what is left.
-        let mut outputs: Vec<(String, Vec<Decision>)> = gens.iter().map(|g| (g.text.clone(), Vec::new())).collect();
-        let mut output_errors: Vec<Option<String>> = vec![None; gens.len()];
+        let mut outputs: Vec<(String, Vec<Decision>)> = generated.iter().map(|(_, g, _)| (g.text.clone(), Vec::new())).collect();
+        let mut output_errors: Vec<Option<String>> = vec![None; generated.len()];
         if let Some(set) = self.filters.output.clone() {
             for (text, decisions) in outputs.iter_mut() {
                 let Screening { text: t, decisions: d } = set.screen(text, Some(Stage::Output));
                 *text = t;
                 *decisions = d;
             }
-            if set.policy().is_some() {
+            if set.policy().is_some() && !outputs.is_empty() {
                 let items =
                     outputs.iter().map(|(t, _)| vec![PolicyPart { what: "text", item: PolicyItem::Text(t.clone()), key: None }]).collect();
                 for (i, result) in self.policy_decisions(model, &set, items, Stage::Output).into_iter().enumerate() {
@@ -222,9 +212,10 @@ impl ModelStage {
             }
         }
 
-        for ((p, g), ((text, out_decisions), out_error)) in batch.into_iter().zip(gens).zip(outputs.into_iter().zip(output_errors)) {
-            let mut r = self.provenance.row(&p.item, &task);
-            let mut decisions = p.item.decisions;
+        for ((item, g, latency), ((text, out_decisions), out_error)) in generated.into_iter().zip(outputs.into_iter().zip(output_errors)) {
+            let task = &self.tasks[item.task];
+            let mut r = self.provenance.row(&item, task);
+            let mut decisions = item.decisions;
             decisions.extend(out_decisions);
             let outcome = crate::filters::outcome(&decisions);
             r.finish_reason = Some(crate::util::enum_name(&g.finish_reason));
