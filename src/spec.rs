@@ -144,6 +144,7 @@ pub struct ModelSpec {
     pub device: Device,
     #[serde(default)]
     pub dtype: Variant,
+    /// Rows decoding together in the continuous batch.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
     #[serde(default)]

@@ -172,3 +172,36 @@ fn filter_prints_decisions_per_line() {
     let out = filter_cmd(&["--set", "no-such-set"], b"");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-set.toml"));
 }
+
+#[test]
+fn bench_generate_prints_figures_and_writes_the_prompts_and_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let prompts = dir.path().join("prompts.txt");
+    // Mixed lengths and a non-ASCII prompt; a blank line is skipped.
+    std::fs::write(&prompts, "What is the total?\n\nDescribe the red circle on the left of the page in one sentence please\nGrüße aus Zürich — 日本語\nhow many items are listed\nwho signed it\n").unwrap();
+    let out = gemma_batch(&[
+        "bench", "generate", "--model", model_dir().to_str().unwrap(), "--device", "cpu", "--batch", "1,3",
+        "--prompts-file", prompts.to_str().unwrap(), "--new-tokens", "6", "--json", json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("tokens/s") && stdout.contains("outputs identical across batch sizes: yes"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["prompts"].as_array().unwrap().len(), 5);
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.iter().map(|r| r["batch"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 3]);
+    for r in runs {
+        let outputs = r["outputs"].as_array().unwrap();
+        assert_eq!(outputs.len(), 5);
+        let tokens: usize = outputs.iter().map(|o| o.as_array().unwrap().len()).sum();
+        assert!(tokens > 0 && tokens <= 30);
+        assert_eq!(r["tokens"].as_u64().unwrap() as usize, tokens);
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(runs[0]["outputs"], runs[1]["outputs"]);
+    // A batch size of 0 is refused with the flag named.
+    let out = gemma_batch(&["bench", "generate", "--model", model_dir().to_str().unwrap(), "--batch", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--batch"));
+}
