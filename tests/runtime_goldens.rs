@@ -56,11 +56,16 @@ fn device(kind: BackendKind) -> Device {
 }
 
 fn load(kind: BackendKind) -> Gemma4 {
+    load_from(&model_dir(), kind, ModelOptions::default().prefill_chunk)
+}
+
+fn load_from(dir: &Path, kind: BackendKind, prefill_chunk: usize) -> Gemma4 {
     let options = ModelOptions {
         backend: BackendOptions { kind, device: device(kind), threads: 0 },
+        prefill_chunk,
         ..ModelOptions::default()
     };
-    Gemma4::load(&model_dir(), &options).unwrap_or_else(|e| panic!("loading the tiny model on {kind:?}: {e}"))
+    Gemma4::load(dir, &options).unwrap_or_else(|e| panic!("loading {} on {kind:?}: {e}", dir.display()))
 }
 
 fn request(case: &Case) -> Request {
@@ -189,7 +194,10 @@ impl gemma_batch::model::Driver<usize> for GoldenDriver {
 /// Every golden case through a continuous batch (3 slots, a window of 4, rows of different
 /// lengths and budgets joining mid-run) gives exactly transformers' greedy tokens.
 fn check_continuous_batching(kind: BackendKind) {
-    let mut model = load(kind);
+    check_continuous_batching_on(&mut load(kind), kind);
+}
+
+fn check_continuous_batching_on(model: &mut Gemma4, kind: BackendKind) {
     let cases = goldens();
     let pending: Vec<(usize, Prepared, GenerationOptions)> = cases
         .iter()
@@ -198,7 +206,7 @@ fn check_continuous_batching(kind: BackendKind) {
         .collect();
     let budgets: Vec<usize> = pending.iter().map(|(_, _, o)| o.max_new_tokens).collect();
     let mut driver = GoldenDriver { pending, results: vec![None; cases.len()], finished_so_far: 0, late_joins: 0 };
-    gemma_batch::model::drive(&mut model, 3, 4, &mut driver);
+    gemma_batch::model::drive(model, 3, 4, &mut driver);
     assert!(driver.late_joins >= 4, "rows should join a running batch ({} did)", driver.late_joins);
     for ((case, got), budget) in cases.iter().zip(&driver.results).zip(budgets) {
         let got = got.as_ref().unwrap_or_else(|| panic!("{}: no result", case.name));
@@ -314,5 +322,70 @@ fn every_variant_runs_on_both_backends() {
                 assert!(worst < 0.25, "{kind:?} fp16 logits differ by {worst}");
             }
         }
+    }
+}
+
+/// First-step logits of every golden case within 1e-3 of transformers'.
+fn check_first_step_logits(model: &mut Gemma4, what: &str) {
+    for case in goldens() {
+        let prepared = model.prepare(&request(&case)).unwrap();
+        let d = max_abs(&model.first_step_logits(&prepared).unwrap(), &case.first_step_logits);
+        assert!(d <= 1e-3, "{what}: {}: first-step logits differ by {d:.3e}", case.name);
+    }
+}
+
+/// Prompts longer than the prefill chunk run in several decoder calls; a multi-token
+/// candidate whose positions straddle two chunks scores as in one call.
+#[test]
+fn chunked_prefill_matches_transformers_and_one_call() {
+    for kind in [BackendKind::Ort, BackendKind::Tract] {
+        let mut chunked = load_from(&model_dir(), kind, 5);
+        check_first_step_logits(&mut chunked, "prefill chunks of 5");
+        check_continuous_batching_on(&mut chunked, kind);
+        let mut whole = load(kind);
+        let case = goldens().into_iter().find(|c| c.name == "text_long").unwrap();
+        let prepared = whole.prepare(&request(&case)).unwrap();
+        let candidates = ["Yes, that is right".to_string(), "No".to_string(), "Perhaps so, I think".to_string()];
+        assert!(whole.tokenizer().encode(&candidates[2]).unwrap().len() >= 3, "a candidate of several tokens");
+        for offset in 0..5 {
+            // Shift the prompt so chunk boundaries fall at every place within the candidates.
+            let p = gemma_batch::model::Prepared { input_ids: prepared.input_ids[offset..].to_vec(), images: vec![] };
+            let a = whole.score(&p, &candidates).unwrap();
+            let b = chunked.score(&p, &candidates).unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x.logprob - y.logprob).abs() < 1e-4, "{kind:?} offset {offset}: {} scores {} vs {}", x.candidate, x.logprob, y.logprob);
+            }
+        }
+    }
+}
+
+/// A community export whose decoder has no `num_logits_to_keep` input still runs: the
+/// runtime reads the last positions of full logits instead.
+#[test]
+fn an_export_without_num_logits_to_keep_gives_the_same_tokens() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let src = model_dir();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::create_dir(dir.path().join("onnx")).unwrap();
+    for name in ["embed_tokens.onnx", "vision_encoder.onnx", "audio_encoder.onnx"] {
+        std::fs::copy(src.join("onnx").join(name), dir.path().join("onnx").join(name)).unwrap();
+    }
+    let mut proto = gemma_batch::model::files::read_onnx_proto(&src.join("onnx/decoder_model_merged.onnx")).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    let before = graph.input.len();
+    // The default stays as a constant 0 (all positions); the input is gone.
+    graph.input.retain(|i| i.name != "num_logits_to_keep");
+    assert_eq!(graph.input.len(), before - 1, "the tiny export has num_logits_to_keep");
+    std::fs::write(dir.path().join("onnx/decoder_model_merged.onnx"), proto.encode_to_vec()).unwrap();
+    for kind in [BackendKind::Ort, BackendKind::Tract] {
+        let mut model = load_from(dir.path(), kind, ModelOptions::default().prefill_chunk);
+        check_first_step_logits(&mut model, "without num_logits_to_keep");
+        check_continuous_batching_on(&mut model, kind);
     }
 }
