@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 model=models/bench-gemma4
 json=reports/out/bench-generate.json
 have_batch= have_prompts= have_tokens=
-pass=()
+pass=() loop=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) model="$2"; shift 2 ;;
@@ -28,7 +28,9 @@ while [ $# -gt 0 ]; do
     --json) json="$2"; shift 2 ;;
     --json=*) json="${1#--json=}"; shift ;;
     --batch|--batch=*) have_batch=1; pass+=("$1"); shift ;;
-    --prompts|--prompts=*) have_prompts=1; pass+=("$1"); shift ;;
+    --prompts|--prompts=*|--prompts-file|--prompts-file=*) have_prompts=1; pass+=("$1"); shift ;;
+    --dtype) loop+=("$1" "$2"); pass+=("$1" "$2"); shift 2 ;;
+    --dtype=*) loop+=("$1"); pass+=("$1"); shift ;;
     --new-tokens|--new-tokens=*) have_tokens=1; pass+=("$1"); shift ;;
     *) pass+=("$1"); shift ;;
   esac
@@ -76,9 +78,15 @@ esac
 bash tools/setup-onnxruntime.sh
 
 mkdir -p "$(dirname "$json")"
+rm -f "$json"
 echo "+ $bin bench generate --model $model ${pass[*]} --json $json" >&2
-"$bin" bench generate --model "$model" "${pass[@]}" --json "$json"
+# It exits 1 when outputs differ across batch sizes, after writing the JSON: compare anyway.
+rust=0
+"$bin" bench generate --model "$model" "${pass[@]}" --json "$json" || rust=$?
+[ -f "$json" ] || exit "$rust"
 
-# The Python loop reads model, prompts, batch sizes and threads from the JSON.
+# The Python loop reads prompts, batch sizes, threads and the device used from the JSON.
 # shellcheck disable=SC2086
-"$py" tools/bench_ort_loop.py "$json" --model "$model" --both --out "${json%.json}-python.json" ${PYTHON_LOOP_ARGS:-}
+"$py" tools/bench_ort_loop.py "$json" --model "$model" --both --out "${json%.json}-python.json" \
+  ${loop[@]+"${loop[@]}"} ${PYTHON_LOOP_ARGS:-}
+exit "$rust"

@@ -2,7 +2,8 @@
 `gemma-batch bench generate`.
 
     python tools/bench_ort_loop.py BENCH.json [--batch 1,8] [--threads N] [--logits-to-keep | --both]
-                                   [--prompts N] [--model DIR] [--strict] [--out RESULTS.json]
+                                   [--prompts N] [--model DIR] [--dtype fp32] [--device cpu]
+                                   [--strict] [--out RESULTS.json]
 
 BENCH.json is what `gemma-batch bench generate --json BENCH.json` writes:
 
@@ -36,6 +37,7 @@ import numpy as np
 
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bfloat16)": None}
 LOGITS_TO_KEEP = "num_logits_to_keep"
+SUFFIXES = {"fp32": "", "fp16": "_fp16", "q4": "_q4", "q4f16": "_q4f16", "quantized": "_quantized"}
 
 
 def parse_batches(text: str) -> list:
@@ -65,7 +67,7 @@ def load_ids(model_dir: Path) -> tuple:
 
 
 class Model:
-    def __init__(self, model_dir: Path, threads: int):
+    def __init__(self, model_dir: Path, threads: int, dtype: str = "fp32", device: str = "cpu"):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -74,8 +76,12 @@ class Model:
         so.log_severity_level = 3  # errors only
         onnx_dir = model_dir / "onnx"
         providers = ["CPUExecutionProvider"]
-        self.embed = ort.InferenceSession(str(onnx_dir / "embed_tokens.onnx"), so, providers=providers)
-        self.decoder = ort.InferenceSession(str(onnx_dir / "decoder_model_merged.onnx"), so, providers=providers)
+        if device == "cuda":
+            providers.insert(0, "CUDAExecutionProvider")
+        suffix = SUFFIXES[dtype]
+        self.embed = ort.InferenceSession(str(onnx_dir / f"embed_tokens{suffix}.onnx"), so, providers=providers)
+        self.decoder = ort.InferenceSession(str(onnx_dir / f"decoder_model_merged{suffix}.onnx"), so,
+                                            providers=providers)
         self.eos, self.pad = load_ids(model_dir)
         self.cache = []  # (input name, output name, heads, head_dim, dtype)
         for inp in self.decoder.get_inputs():
@@ -160,6 +166,10 @@ def main() -> None:
     ap.add_argument("bench_json", type=Path, help="JSON written by gemma-batch bench generate --json")
     ap.add_argument("--model", type=Path, help="model directory (default: the JSON's model)")
     ap.add_argument("--batch", type=parse_batches, help="batch sizes, e.g. 1,8 (default: those of the gemma-batch runs)")
+    ap.add_argument("--dtype", choices=sorted(SUFFIXES), default="fp32",
+                    help="exported variant to load, as gemma-batch's --dtype (default fp32)")
+    ap.add_argument("--device", choices=["cpu", "cuda"],
+                    help="execution provider (default: the JSON's device, else cpu)")
     ap.add_argument("--threads", type=int, help="intra-op threads, 0 for ONNX Runtime's choice (default: the JSON's threads)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--logits-to-keep", action="store_true",
@@ -185,13 +195,18 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    model = Model(model_dir, threads)
+    device = args.device or ("cuda" if str(bench.get("device", "cpu")).lower().startswith("cuda") else "cpu")
+    if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        print("warning: this onnxruntime has no CUDA provider (install onnxruntime-gpu); the Python loop runs "
+              "on the CPU, so the ratios compare unlike devices", file=sys.stderr)
+        device = "cpu"
+    model = Model(model_dir, threads, args.dtype, device)
     modes = [False, True] if args.both else [args.logits_to_keep]
     if any(modes) and not model.has_logits_to_keep:
         print(f"note: the decoder has no {LOGITS_TO_KEEP} input; the keep=1 run computes all logits", file=sys.stderr)
         modes = [False]
     print(f"model {model_dir}: {len(prompts)} prompts, {new_tokens} new tokens, {threads or 'default'} threads, "
-          f"onnxruntime {ort.__version__}", flush=True)
+          f"{args.dtype} on {device}, onnxruntime {ort.__version__}", flush=True)
     if not args.no_warmup:
         model.generate(prompts[:1], min(2, new_tokens), False)
 
