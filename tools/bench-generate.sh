@@ -10,10 +10,9 @@
 # 3. runs tools/bench_ort_loop.py on the same prompts at the same batch sizes and thread count,
 #    without and with num_logits_to_keep, checks that it generates the same ids, and prints the
 #    table with the ratios gemma-batch / python and gemma-batch batch 8 / batch 1.
-# The binary is GEMMA_BATCH_BIN if set, else target/release (or debug) under $CARGO_TARGET_DIR,
-# ./target or the build cache of tools/env.sh; if there is none it is built with
-# cargo build --release --locked. Set PYTHON_LOOP_ARGS for extra tools/bench_ort_loop.py options
-# (e.g. --strict).
+# The binary is GEMMA_BATCH_BIN if set, else the checkout built with cargo build --locked
+# (the dev profile of the test command; incremental). Set PYTHON_LOOP_ARGS for extra
+# tools/bench_ort_loop.py options (e.g. --strict).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,32 +47,15 @@ elif [ ! -d "$model" ]; then
   exit 1
 fi
 
-find_binary() {
-  local dirs=() d kind
-  [ -n "${CARGO_TARGET_DIR:-}" ] && dirs+=("$CARGO_TARGET_DIR")
-  dirs+=(target "${XDG_CACHE_HOME:-$HOME/.cache}/gemma-batch/target")
-  for kind in release debug; do
-    for d in "${dirs[@]}"; do
-      if [ -x "$d/$kind/gemma-batch" ]; then
-        echo "$d/$kind/gemma-batch"
-        return 0
-      fi
-    done
-  done
-  return 1
-}
-
 if [ -n "${GEMMA_BATCH_BIN:-}" ]; then
   bin="$GEMMA_BATCH_BIN"
-elif ! bin=$(find_binary); then
-  echo "no gemma-batch binary found; building it (cargo build --release --locked)" >&2
+else
+  # Built (incrementally: a no-op when current) in the dev profile the test command uses, so
+  # the figures are never from a stale binary; ONNX Runtime does the numeric work.
   source tools/env.sh
-  cargo build --release --locked
-  bin="$CARGO_TARGET_DIR/release/gemma-batch"
+  cargo build --locked --quiet
+  bin="$CARGO_TARGET_DIR/debug/gemma-batch"
 fi
-case "$bin" in
-  */debug/*) echo "warning: $bin is a debug build; figures for gemma-batch are not representative" >&2 ;;
-esac
 # The ONNX Runtime library gemma-batch loads (a no-op once installed).
 bash tools/setup-onnxruntime.sh
 
