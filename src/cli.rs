@@ -276,6 +276,9 @@ struct BenchGenerateArgs {
     /// New tokens per prompt (greedy; fewer when an end-of-generation token comes first).
     #[arg(long, default_value_t = 32)]
     new_tokens: usize,
+    /// Generate exactly --new-tokens per prompt: end-of-generation tokens do not stop a row.
+    #[arg(long)]
+    ignore_eos: bool,
     /// Write prompts (token ids), figures and outputs as JSON, for tools/bench_ort_loop.py.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -628,10 +631,13 @@ fn bench_generate(args: BenchGenerateArgs) -> Result<ExitCode> {
                 .with_context(|| format!("prompt {} ({t:?})", i + 1))
         })
         .collect::<Result<Vec<_>>>()?;
+    if args.ignore_eos {
+        model.set_eos_ids(Vec::new());
+    }
     let lens: Vec<usize> = prompts.iter().map(|p| p.input_ids.len()).collect();
     let info = model.backend_info().clone();
     println!(
-        "model {} ({} on {}), {} prompts of {}..{} tokens (mean {:.1}), {} new tokens, greedy",
+        "model {} ({} on {}), {} prompts of {}..{} tokens (mean {:.1}), {} new tokens{}, greedy",
         args.model.model.display(),
         crate::util::enum_name(&info.backend),
         info.device,
@@ -639,7 +645,8 @@ fn bench_generate(args: BenchGenerateArgs) -> Result<ExitCode> {
         lens.iter().min().unwrap_or(&0),
         lens.iter().max().unwrap_or(&0),
         lens.iter().sum::<usize>() as f64 / lens.len() as f64,
-        args.new_tokens
+        args.new_tokens,
+        if args.ignore_eos { " each (end tokens ignored)" } else { " at most" }
     );
     // Warm-up: first-run allocations and kernel selection are not throughput.
     let hidden = indicatif::ProgressBar::hidden();
@@ -673,6 +680,7 @@ fn bench_generate(args: BenchGenerateArgs) -> Result<ExitCode> {
             "backend": info.backend,
             "device": info.device,
             "new_tokens": args.new_tokens,
+            "ignore_eos": args.ignore_eos,
             "threads": args.model.threads,
             "prompts": prompts.iter().map(|p| &p.input_ids).collect::<Vec<_>>(),
             "runs": runs,

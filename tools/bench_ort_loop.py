@@ -7,7 +7,7 @@
 
 BENCH.json is what `gemma-batch bench generate --json BENCH.json` writes:
 
-    {"model": DIR, "new_tokens": 32, "threads": 2,
+    {"model": DIR, "new_tokens": 32, "ignore_eos": false, "threads": 2,
      "prompts": [[2, 105, ...], ...],                 # chat-templated prompt token ids
      "runs": [{"runner": "gemma-batch", "batch": 8, "seconds": ..., "tokens": ...,
                "tokens_per_s": ..., "items_per_s": ..., "outputs": [[ids...], ...]}]}
@@ -201,6 +201,9 @@ def main() -> None:
               "on the CPU, so the ratios compare unlike devices", file=sys.stderr)
         device = "cpu"
     model = Model(model_dir, threads, args.dtype, device)
+    if bench.get("ignore_eos"):
+        # The Rust run generated exactly new_tokens per prompt (--ignore-eos): so does this one.
+        model.eos = set()
     modes = [False, True] if args.both else [args.logits_to_keep]
     if any(modes) and not model.has_logits_to_keep:
         print(f"note: the decoder has no {LOGITS_TO_KEEP} input; the keep=1 run computes all logits", file=sys.stderr)

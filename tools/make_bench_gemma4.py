@@ -21,7 +21,9 @@ bandwidth on a CPU, small enough to build in minutes. What it keeps from google/
 
 Weights are random (the tiny model's perturbed init) with the query and key norm weights scaled
 down so that attention is not a hair-trigger: greedy ids then do not depend on batch shape or
-summation order, and a runner's ids can be checked against another's.
+summation order, and a runner's ids can be checked against another's. The <eos> row of the
+tied embedding is scaled up (EOS_SCALE) so that answers end at varied lengths, as a real
+model's do; `gemma-batch bench generate --ignore-eos` measures fixed-length rows instead.
 
 The export goes to OUT (git-ignored by default) through tools/export_gemma4.py. A stamp file
 names the version of the scripts that made it; a later run with the same scripts does nothing.
@@ -56,7 +58,7 @@ from make_tiny_gemma4 import (  # noqa: E402
 )
 
 # Bump when the model this script makes changes in a way its source hash would not show.
-VERSION = 1
+VERSION = 2
 SEED = 20260402
 STAMP = ".bench-model-stamp.json"
 IN_PROGRESS = ".bench-model-in-progress"
@@ -198,6 +200,20 @@ def soften_attention(model) -> None:
                 p.mul_(p.shape[-1] ** -0.25)
 
 
+# How much larger the <eos> row of the tied embedding is than the others. Its logit then has
+# about three times the spread of any other token's, so it is the greedy choice in some contexts
+# and not in others: rows end at varied lengths, as a real model's answers do, instead of all
+# running to the token limit (which would hide what batching does when rows finish early).
+EOS_SCALE = 3.0
+
+
+def plant_end_of_answer(model, eos_id: int) -> None:
+    """Scales the <eos> row of the tied embedding / lm_head by EOS_SCALE. <eos> never appears in
+    a prompt, so only the output side changes."""
+    with torch.no_grad():
+        model.get_input_embeddings().weight[eos_id].mul_(EOS_SCALE)
+
+
 def parameter_counts(model) -> dict:
     """Parameters by component of the language model (tied lm_head counted once)."""
     order = ["embed_tokens (= tied lm_head)", "embed_tokens_per_layer (PLE table)", "per-layer input projection",
@@ -255,6 +271,7 @@ def build_checkpoint(out: Path) -> dict:
     model = Gemma4ForConditionalGeneration(config).eval()
     randomize_weights(model, SEED)
     soften_attention(model)
+    plant_end_of_answer(model, ids["<eos>"])
     set_generation_config(model, ids)
     counts = parameter_counts(model)
     model.save_pretrained(out)

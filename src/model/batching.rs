@@ -366,7 +366,7 @@ impl<T> Waiting<T> {
     /// Takes up to `k` requests: the oldest and the `k - 1` nearest to it in prompt length
     /// (ties go to the older one), in their order of arrival.
     pub fn take(&mut self, k: usize) -> Vec<Request<T>> {
-        let Some(oldest) = self.items.front() else { return Vec::new() };
+        let Some(oldest) = self.items.front().filter(|_| k > 0) else { return Vec::new() };
         let anchor = oldest.1.input_ids.len();
         let mut order: Vec<usize> = (1..self.items.len()).collect();
         order.sort_by_key(|&i| (self.items[i].1.input_ids.len().abs_diff(anchor), i));
@@ -434,5 +434,59 @@ pub fn drive<T: Clone>(model: &mut Gemma4, slots: usize, window: usize, driver: 
         if !keep_going {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(tag: usize, len: usize) -> Request<usize> {
+        (tag, Prepared { input_ids: vec![7; len], images: Vec::new() }, GenerationOptions { max_new_tokens: 1, sampling: None })
+    }
+
+    fn tags(v: &[Request<usize>]) -> Vec<usize> {
+        v.iter().map(|r| r.0).collect()
+    }
+
+    #[test]
+    fn joiners_are_the_oldest_and_its_nearest_in_length_in_arrival_order() {
+        let mut w = Waiting::new(8);
+        for (tag, len) in [(0, 50), (1, 10), (2, 48), (3, 90), (4, 55), (5, 11)] {
+            w.push(request(tag, len));
+        }
+        assert_eq!(w.room(), 2);
+        assert_eq!(tags(&w.take(3)), [0, 2, 4]);
+        // The oldest left is 1 (10 tokens): its neighbour 5 (11) goes with it, not 3 (90).
+        assert_eq!(tags(&w.take(2)), [1, 5]);
+        assert_eq!(tags(&w.take(0)), Vec::<usize>::new());
+        assert_eq!(tags(&w.take(5)), [3]);
+        assert!(w.is_empty() && w.take(1).is_empty());
+    }
+
+    #[test]
+    fn a_long_request_is_not_starved_by_shorter_ones() {
+        let mut w = Waiting::new(4);
+        w.push(request(0, 500));
+        let mut taken_at = None;
+        for round in 0..10 {
+            while w.room() > 0 {
+                w.push(request(100 + round, 5));
+            }
+            if tags(&w.take(1)).contains(&0) {
+                taken_at = Some(round);
+                break;
+            }
+        }
+        assert_eq!(taken_at, Some(0), "the oldest request joins first");
+    }
+
+    #[test]
+    fn ties_in_length_go_to_the_older_request() {
+        let mut w = Waiting::new(8);
+        for (tag, len) in [(0, 20), (1, 25), (2, 15), (3, 25)] {
+            w.push(request(tag, len));
+        }
+        assert_eq!(tags(&w.take(2)), [0, 1]);
     }
 }

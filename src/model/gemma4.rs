@@ -298,6 +298,12 @@ impl Gemma4 {
         &self.eos
     }
 
+    /// Replaces the end-of-generation ids (from generation_config.json). Benchmarks clear them
+    /// to measure a fixed number of new tokens per row.
+    pub fn set_eos_ids(&mut self, ids: Vec<u32>) {
+        self.eos = ids;
+    }
+
     pub fn preparer(&self) -> Arc<Preparer> {
         self.preparer.clone()
     }
