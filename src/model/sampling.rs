@@ -14,15 +14,32 @@ pub struct Sampling {
     pub seed: u64,
 }
 
-/// Index of the largest logit; the first one on ties (as `torch.argmax`).
+/// Index of the largest logit; the first one on ties (as `torch.argmax`). NaN never wins; 0
+/// when nothing is above minus infinity.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
+    // The maximum over eight independent lanes (no dependency from one element to the next,
+    // so it runs several compares per cycle over a 262,144-entry vocabulary), then the first
+    // position holding it.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = logits.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            if v > *lane {
+                *lane = v;
+            }
         }
     }
-    best as u32
+    let mut max = f32::NEG_INFINITY;
+    for &v in lanes.iter().chain(rest) {
+        if v > max {
+            max = v;
+        }
+    }
+    if max == f32::NEG_INFINITY {
+        return 0;
+    }
+    logits.iter().position(|&v| v == max).unwrap_or(0) as u32
 }
 
 /// Draws one token. Each request owns its generator, seeded from the request's seed, so a
@@ -77,6 +94,25 @@ pub fn log_prob(logits: &[f32], index: usize) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn argmax_takes_the_first_maximum_and_never_nan() {
+        use super::argmax;
+        assert_eq!(argmax(&[]), 0);
+        assert_eq!(argmax(&[1.0]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
+        assert_eq!(argmax(&[f32::NAN, 2.0, 3.0, 3.0]), 2);
+        for n in [7, 8, 9, 17, 1000] {
+            for at in [0, n / 2, n - 1] {
+                let mut v: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 - 20.0).collect();
+                v[at] = 5.0;
+                if at + 1 < n {
+                    v[n - 1] = 5.0;
+                }
+                assert_eq!(argmax(&v), at as u32, "n {n} at {at}");
+            }
+        }
+    }
+
     use super::*;
     use rand::SeedableRng;
 
