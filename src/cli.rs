@@ -430,7 +430,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             println!("quarantine: {} ({} rows this run)", summary.quarantine, summary.quarantined);
         }
         if !summary.by_task.is_empty() {
-            println!("{:<24} {:>8} {:>8} {:>14} {:>14}", "task", "rows", "failed", "mean ms/batch", "output tokens");
+            println!("{:<24} {:>8} {:>8} {:>14} {:>14}", "task", "rows", "failed", "mean ms/row", "output tokens");
             for t in &summary.by_task {
                 println!("{:<24} {:>8} {:>8} {:>14} {:>14}", t.task, t.rows, t.failed,
                     t.mean_latency_ms.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()), t.output_tokens);

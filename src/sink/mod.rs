@@ -43,6 +43,7 @@ pub struct ResultRow {
     pub finish_reason: Option<String>,
     pub prompt_tokens: Option<u32>,
     pub output_tokens: Option<u32>,
+    /// From joining the running batch (prefill) to the last token.
     pub latency_ms: Option<f64>,
     /// For `extract` tasks: the parsed fields as JSON, and whether they matched the spec.
     pub extracted: Option<String>,
