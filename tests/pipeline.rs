@@ -415,3 +415,42 @@ fn hugging_face_parquet_export_with_image_structs() {
     assert_eq!(failed.len(), 1);
     assert!(failed[0].contains("image"), "{failed:?}");
 }
+
+/// Rows of two tasks with different budgets and prompts of different lengths share the
+/// continuous batch (4 slots): each output is exactly what `generate` gives for that prompt alone.
+#[test]
+fn continuous_batching_in_run_gives_each_row_its_output_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    let words = ["invoice", "total", "Grüße", "date", "日本語", "vendor", "amount", "due"];
+    let texts: Vec<String> = (0..9).map(|i| (0..(1 + i * 5)).map(|j| words[(i + j) % words.len()]).collect::<Vec<_>>().join(" ")).collect();
+    let jsonl: String = texts.iter().enumerate().map(|(i, t)| serde_json::json!({"id": format!("r{i}"), "text": t}).to_string() + "\n").collect();
+    std::fs::write(&data, jsonl).unwrap();
+    let source = format!("[source]\nkind = \"jsonl\"\npath = \"{}\"\nid_column = \"id\"\ntext_column = \"text\"\n", data.display());
+    let tasks = "[[task]]\nname = \"short\"\nkind = \"prompt\"\nprompt = \"Say: {{ text }}\"\nmax_new_tokens = 2\n\n\
+                 [[task]]\nname = \"long\"\nkind = \"prompt\"\nprompt = \"Repeat: {{ text }}\"\nmax_new_tokens = 13\n";
+    let spec = write_spec(tmp.path(), &source, tasks, "");
+    let s = summary(&run(&spec, &[]));
+    assert_eq!((s["done"].as_u64(), s["failed"].as_u64()), (Some(18), Some(0)));
+    let df = table(tmp.path(), "results.lance");
+    let ids = df.column("input_id").unwrap().str().unwrap().clone();
+    let task = df.column("task").unwrap().str().unwrap().clone();
+    let output = df.column("output").unwrap().str().unwrap().clone();
+    let tokens = df.column("output_tokens").unwrap().u32().unwrap().clone();
+    for i in 0..df.height() {
+        let row: usize = ids.get(i).unwrap()[1..].parse().unwrap();
+        let (prompt, n) = match task.get(i).unwrap() {
+            "short" => (format!("Say: {}", texts[row]), 2),
+            _ => (format!("Repeat: {}", texts[row]), 13),
+        };
+        let alone = bin()
+            .args(["generate", "--model", repo().join("models/tiny-gemma4").to_str().unwrap(), "--device", "cpu"])
+            .args(["--prompt", &prompt, "--max-new-tokens", &n.to_string(), "--json"])
+            .output()
+            .unwrap();
+        assert!(alone.status.success(), "{}", stderr(&alone));
+        let alone: serde_json::Value = serde_json::from_slice(&alone.stdout).unwrap();
+        assert_eq!(output.get(i), alone["text"].as_str(), "row {row} task {:?}", task.get(i));
+        assert_eq!(tokens.get(i).map(|t| t as usize), alone["token_ids"].as_array().map(|a| a.len()));
+    }
+}
