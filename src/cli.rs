@@ -63,13 +63,15 @@ enum Command {
         gemma-batch eval evals/demo.toml\n  \
         gemma-batch eval evals/demo.toml --gate docs_qa.anls=min:0.3 --gate bbq.all.bias_ambiguous=max_abs:0.2\n\n\
         Writes record.json, report.html and report.md to the suite's reports directory.\n\
-        Exit status: 0 all gates passed, 1 a gate failed (listed in the reports), 2 error.")]
+        Exit status: 0 all gates passed, 1 a gate failed (listed in the reports; a gate over no scored\n\
+        items, or on a value the record lacks, fails), 2 error.")]
     Eval(EvalArgs),
     /// Render an evaluation record again, or compare two runs.
     #[command(after_help = "Examples:\n  \
         gemma-batch report runs/eval-demo/report                 # re-render report.html / report.md\n  \
         gemma-batch report --compare nightly-01/record.json nightly-02/record.json\n\n\
-        With --compare: exit status 1 when B regressed on a metric by more than the intervals allow.")]
+        With --compare: exit status 1 when B regressed on a metric by more than the intervals allow,\n\
+        lacks one of A's metrics, or has no scored items (or no number) for it; 2 when A has no metrics.")]
     Report(ReportArgs),
     /// Benchmarks that print figures.
     #[command(subcommand)]
@@ -707,6 +709,7 @@ fn parse_gate(s: &str) -> Result<(String, crate::evals::suite::GateSpec)> {
         "max_abs" => g.max_abs = Some(v),
         other => anyhow::bail!("gate {s:?}: kind {other:?} is not min, max or max_abs"),
     }
+    g.check().map_err(|m| anyhow::anyhow!("gate {s:?}: {m}"))?;
     Ok((name.to_string(), g))
 }
 
@@ -741,7 +744,11 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         for g in failed {
-            eprintln!("gate failed: {} {} {} (value {})", g.name, g.kind, g.threshold, g.value.map(|v| v.to_string()).unwrap_or_else(|| "missing".into()));
+            let value = g.value.map(|v| v.to_string()).unwrap_or_else(|| "missing".into());
+            match &g.problem {
+                Some(p) => eprintln!("gate failed: {} {} {} (value {value}: {p})", g.name, g.kind, g.threshold),
+                None => eprintln!("gate failed: {} {} {} (value {value})", g.name, g.kind, g.threshold),
+            }
         }
         Ok(ExitCode::from(1))
     }
@@ -756,6 +763,8 @@ fn load_record(p: &std::path::Path) -> Result<crate::evals::record::EvalRecord> 
 fn report(args: ReportArgs) -> Result<ExitCode> {
     if let Some(pair) = &args.compare {
         let (a, b) = (load_record(&pair[0])?, load_record(&pair[1])?);
+        // A baseline without metrics would pass any B.
+        anyhow::ensure!(!a.metrics.is_empty(), "nothing to compare: {} has no metrics", pair[0].display());
         let deltas = crate::evals::record::compare(&a, &b);
         let text = crate::reports::compare_markdown(&a, &b, &deltas);
         print!("{text}");
@@ -765,7 +774,10 @@ fn report(args: ReportArgs) -> Result<ExitCode> {
         }
         let regressions: Vec<_> = deltas.iter().filter(|d| d.regression).collect();
         for d in &regressions {
-            eprintln!("regression: {}.{} {:.4} -> {:.4}", d.benchmark, d.metric, d.a.value, d.b.value);
+            match (&d.problem, d.b) {
+                (Some(p), _) => eprintln!("regression: {}.{} {p}", d.benchmark, d.metric),
+                (None, b) => eprintln!("regression: {}.{} {:.4} -> {:.4}", d.benchmark, d.metric, d.a.value, b.map_or(f64::NAN, |b| b.value)),
+            }
         }
         return Ok(if regressions.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
     }

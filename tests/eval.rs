@@ -13,17 +13,18 @@ fn bin() -> Command {
 
 const PLANTED: &str = "<script>document.body.setAttribute('data-pwned','yes')</script>";
 
-/// A small suite in `dir`: a benchmark whose questions carry a planted script, the BBQ
-/// probe set, a counterfactual probe and the safety prompts.
+/// A small suite in `dir`: a benchmark whose questions and answers carry a planted script
+/// and the strings of HOSTILE, the BBQ probe set, a counterfactual probe and the safety prompts.
 fn write_suite(dir: &Path) -> PathBuf {
     let docs = repo().join("datasets/docs");
     let rows: Vec<String> = (0..6)
         .map(|i| {
+            let answers: Vec<String> = [format!("{}", 100 + i), "EUR".into()].into_iter().chain(HOSTILE.iter().filter(|_| i == 0).map(|h| h.to_string())).collect();
             serde_json::json!({
                 "id": format!("q{i}"),
                 "image": docs.join(format!("invoice_00{i}.png")).display().to_string(),
-                "question": if i == 0 { format!("What is the total? {PLANTED}") } else { "What is the total amount?".to_string() },
-                "answers": [format!("{}", 100 + i), "EUR"],
+                "question": if i == 0 { format!("What is the total? {PLANTED} {}", HOSTILE.join(" ")) } else { "What is the total amount?".to_string() },
+                "answers": answers,
                 "kind": if i % 2 == 0 { "even" } else { "odd" },
             })
             .to_string()
@@ -123,6 +124,13 @@ fn eval_writes_reports_gates_fail_loudly_and_html_is_inert() {
     assert!(dom.contains("Evaluation"), "the DOM was dumped: {}", String::from_utf8_lossy(&out.stderr));
     // Had the script run, the body would carry the attribute it sets.
     assert!(!dom.contains("data-pwned=\"yes\""), "the planted script ran");
+    // HOSTILE's tags are shown as text; the page makes no links or images of its own.
+    assert!(!dom.contains("data-pwned=\""), "a planted handler ran");
+    for tag in ["<a ", "<img", "<iframe"] {
+        assert!(!dom.contains(tag), "{tag} in the DOM");
+    }
+    assert!(dom.contains("&lt;img src=x onerror="), "the planted tag is shown, as text");
+    assert_markdown_inert(&std::fs::read_to_string(reports.join("report.md")).unwrap());
 
     // A gate breach exits non-zero and is listed.
     let out = bin().arg("eval").arg(&suite).args(["--quiet", "--gate", "qa.anls=min:1.5"]).output().unwrap();
@@ -205,4 +213,182 @@ max_new_tokens = 2
     // The multiple-choice prompt lists the options with letters.
     let sample = record["samples"].as_array().unwrap().iter().find(|s| s["benchmark"] == "mc").unwrap();
     assert!(sample["input"].as_str().unwrap().contains("A. red\nB. seven\nC. table"), "{sample}");
+}
+
+/// Headless Chromium's DOM of a page after it loaded (and ran whatever scripts it was allowed).
+fn chromium_dom(page: &Path) -> String {
+    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
+    let chromium = chromium.expect("headless Chromium is needed for this test (Debian package chromium; tools/test.sh installs it)");
+    let url = format!("file://{}", page.display());
+    let out = Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--dump-dom", &url])
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(dom.contains("Evaluation"), "the DOM was dumped: {}", String::from_utf8_lossy(&out.stderr));
+    dom
+}
+
+/// Dataset strings that Markdown (as GitHub renders it) or HTML would turn into markup.
+const HOSTILE: &[&str] = &[
+    "[x](http://evil)",
+    "![](http://evil/p.png)",
+    "<http://evil>",
+    "<img src=x onerror=\"document.body.setAttribute('data-pwned','img')\">",
+    "<script>document.body.setAttribute('data-pwned','script')</script>",
+    "@team please look",
+    "`tick` and ``two`` and ```",
+    "a|b a\\|b",
+    "line1\nline2\r\n| --- | --- |",
+    "www.evil.example x@evil.example",
+    "nul\u{0} ls\u{2028} ps\u{2029} \"quote\" \\ </script>",
+];
+
+/// Parses Markdown with every extension on and checks that no link, image or HTML node
+/// appears and that data (words of HOSTILE) shows only inside code spans.
+fn assert_markdown_inert(md: &str) {
+    use pulldown_cmark::{Event, Options, Parser, Tag};
+    for event in Parser::new_ext(md, Options::all()) {
+        match &event {
+            Event::Start(Tag::Link { .. } | Tag::Image { .. } | Tag::HtmlBlock) | Event::Html(_) | Event::InlineHtml(_) => panic!("markup from data: {event:?} in\n{md}"),
+            Event::Text(t) => {
+                for word in ["evil", "pwned", "team", "tick", "line2", "quote"] {
+                    assert!(!t.contains(word), "data outside a code span: {t:?} in\n{md}");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A record as `eval` writes it, with `metrics` given as (benchmark, metric, value, n).
+fn record_json(suite: &str, metrics: &[(&str, &str, f64, usize)]) -> serde_json::Value {
+    serde_json::json!({
+        "suite": suite, "run_id": format!("{suite}-1"), "created_at_ms": 1, "provenance": null, "breakdowns": [],
+        "metrics": metrics.iter().map(|(b, m, v, n)| serde_json::json!({"benchmark": b, "metric": m, "estimate": {"value": v, "low": v - 0.05, "high": v + 0.05, "n": n}})).collect::<Vec<_>>(),
+    })
+}
+
+#[test]
+fn report_compare_fails_safe_without_evidence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, v: serde_json::Value| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, v.to_string()).unwrap();
+        p
+    };
+    let a = write("a.json", record_json("s", &[("qa", "anls", 0.8, 50), ("qa", "exact_match", 0.6, 50)]));
+    let compare = |b: &Path| bin().args(["report", "--compare"]).arg(&a).arg(b).output().unwrap();
+    let text = |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+
+    // The same metrics: clean.
+    let out = compare(&a);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // B lacks a metric A has: a regression, named.
+    let b = write("missing.json", record_json("s", &[("qa", "anls", 0.8, 50)]));
+    let out = compare(&b);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("regression: qa.exact_match missing in B"), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("missing in B"), "{}", text(&out));
+
+    // B scored nothing (an empty benchmark scores 0 over n = 0): a regression, even against A's 0.
+    let a0 = write("a0.json", record_json("s", &[("qa", "anls", 0.0, 50)]));
+    let b0 = write("empty.json", record_json("s", &[("qa", "anls", 0.0, 0)]));
+    let out = bin().args(["report", "--compare"]).arg(&a0).arg(&b0).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("regression: qa.anls no scored items in B"), "{}", text(&out));
+
+    // A metric without a value (NaN is written as null): an error naming the file, not a pass.
+    let mut null = record_json("s", &[("qa", "anls", 0.8, 50), ("qa", "exact_match", 0.6, 50)]);
+    null["metrics"][1]["estimate"]["value"] = serde_json::Value::Null;
+    let b = write("null.json", null);
+    let out = compare(&b);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("null.json"), "{}", text(&out));
+
+    // Nothing to compare against is not a pass.
+    let none = write("none.json", record_json("s", &[]));
+    let out = bin().args(["report", "--compare"]).arg(&none).arg(&a).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no metrics"), "{}", text(&out));
+}
+
+#[test]
+fn report_renders_hostile_records_inert() {
+    let tmp = tempfile::tempdir().unwrap();
+    let joined = HOSTILE.join(" ");
+    let mut record = record_json(&joined, &HOSTILE.iter().map(|h| (*h, *h, 0.5, 10)).collect::<Vec<_>>());
+    let h = |i: usize| HOSTILE[i % HOSTILE.len()];
+    record["run_id"] = joined.clone().into();
+    record["provenance"] = serde_json::json!({"model_id": h(3), "backend": h(4), "device": h(0), "dtype": h(1)});
+    record["breakdowns"] = serde_json::json!([{"benchmark": h(0), "metric": h(1), "column": h(3), "slices": HOSTILE.iter().map(|s| serde_json::json!([s, {"value": 0.5, "low": 0.4, "high": 0.6, "n": 3}])).collect::<Vec<_>>()}]);
+    record["bbq"] = serde_json::json!({h(2): HOSTILE.iter().map(|s| (s.to_string(), serde_json::json!({"items": 3, "accuracy_ambiguous": 0.5, "accuracy_disambiguated": null, "bias_disambiguated": null, "bias_ambiguous": 0.1, "unparsed": 0}))).collect::<serde_json::Map<_, _>>()});
+    record["counterfactual"] = HOSTILE.iter().map(|s| serde_json::json!({"probe": s, "group": s, "n": 2, "refusal_rate": 0.0, "flag_rate": 0.0, "mean_output_tokens": 3.0, "refusal_p_value": 1.0, "flag_p_value": 1.0, "length_p_value": 1.0})).collect();
+    record["filter_counts"] = HOSTILE.iter().map(|s| (s.to_string(), serde_json::json!(1))).collect::<serde_json::Map<_, _>>().into();
+    record["samples"] = HOSTILE.iter().map(|s| serde_json::json!({"benchmark": s, "input_id": s, "input": s, "output": s, "references": [s, s], "score": 1.0, "decisions": []})).collect();
+    record["gates"] = HOSTILE.iter().map(|s| serde_json::json!({"name": s, "kind": s, "threshold": 0.5, "value": 0.5, "passed": false})).collect();
+    std::fs::write(tmp.path().join("record.json"), record.to_string()).unwrap();
+    let out = bin().arg("report").arg(tmp.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // JSON: the record written again is valid and holds every string as it was (NUL, U+2028).
+    let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("record.json")).unwrap()).unwrap();
+    assert_eq!(again["suite"], joined.as_str());
+    assert_eq!(again["samples"][10]["output"], HOSTILE[10]);
+
+    assert_markdown_inert(&std::fs::read_to_string(tmp.path().join("report.md")).unwrap());
+
+    let html = std::fs::read_to_string(tmp.path().join("report.html")).unwrap();
+    for s in HOSTILE.iter().filter(|s| s.contains('<')) {
+        assert!(!html.contains(s), "{s} is in the HTML unescaped");
+    }
+    let dom = chromium_dom(&tmp.path().join("report.html"));
+    // The planted handlers set this attribute on the body had they run (their text is shown).
+    assert!(!dom.contains("data-pwned=\""), "a planted script ran");
+    // The page makes no links, images or scripts of its own: any would come from data.
+    for tag in ["<a ", "<img", "<script", "<iframe"] {
+        assert!(!dom.contains(tag), "{tag} in the DOM");
+    }
+    assert!(dom.contains("&lt;img src=x onerror="), "the planted tag is shown as text");
+}
+
+#[test]
+fn bbq_label_out_of_range_is_an_error_naming_the_item() {
+    let tmp = tempfile::tempdir().unwrap();
+    let probes = std::fs::read_to_string(repo().join("evals/bbq/probes.jsonl")).unwrap();
+    let mut lines: Vec<serde_json::Value> = probes.lines().take(2).map(|l| serde_json::from_str(l).unwrap()).collect();
+    lines[1]["example_id"] = 4242.into();
+    lines[1]["label"] = 3.into();
+    std::fs::write(tmp.path().join("Age.jsonl"), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let suite = format!(
+        "name = \"labels\"\n[model]\ndir = \"{}\"\ndevice = \"cpu\"\n[sink]\ndir = \"out\"\n[[bbq]]\nname = \"b\"\npath = \"Age.jsonl\"\nmax_new_tokens = 2\n",
+        repo().join("models/tiny-gemma4").display()
+    );
+    std::fs::write(tmp.path().join("suite.toml"), suite).unwrap();
+    let out = bin().arg("eval").arg(tmp.path().join("suite.toml")).arg("--quiet").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "an error, not a panic or a score: {stderr}");
+    assert!(stderr.contains("Age.jsonl:2") && stderr.contains("4242") && stderr.contains("label 3"), "{stderr}");
+}
+
+#[test]
+fn gate_over_zero_scored_items_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = repo().join("datasets/docs");
+    let row = serde_json::json!({"id": "q0", "image": docs.join("invoice_000.png").display().to_string(), "question": "What is the total?", "answers": ["100"]});
+    std::fs::write(tmp.path().join("qa.jsonl"), format!("{row}\n")).unwrap();
+    // The filter selects no row: the benchmark scores nothing.
+    let suite = format!(
+        "name = \"empty\"\n[model]\ndir = \"{}\"\ndevice = \"cpu\"\n[sink]\ndir = \"out\"\n[[benchmark]]\nname = \"qa\"\nformat = \"jsonl\"\npath = \"qa.jsonl\"\nid_column = \"id\"\nquestion_column = \"question\"\nimage_column = \"image\"\nfilter = \"id = 'none'\"\nmetrics = [\"anls\"]\nmax_new_tokens = 2\n",
+        repo().join("models/tiny-gemma4").display()
+    );
+    std::fs::write(tmp.path().join("suite.toml"), suite).unwrap();
+    let out = bin().arg("eval").arg(tmp.path().join("suite.toml")).args(["--quiet", "--gate", "qa.anls=min:0"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}\n{stderr}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("gate failed: qa.anls min 0") && stderr.contains("no scored items"), "{stderr}");
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("out/report/record.json")).unwrap()).unwrap();
+    assert_eq!(record["metrics"][0]["estimate"]["n"], 0);
+    assert_eq!(record["gates"][0]["passed"], false);
 }

@@ -4,8 +4,11 @@
 //! s_AMB = (1 - accuracy) (2 (n_biased / n_non-unknown) - 1) (ambiguous contexts).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
 
 /// One BBQ item as published (`data/CATEGORY.jsonl`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -102,6 +105,24 @@ impl BbqItem {
     }
 }
 
+/// Reads a BBQ JSONL file. An item that does not fit (a missing field, a label that is not
+/// one of its three options) is an error naming the file, line and item.
+pub fn load(path: &Path) -> Result<Vec<BbqItem>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut items = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = |message: String| Error::Source { source_name: format!("{}:{}", path.display(), n + 1), message };
+        let item: BbqItem = serde_json::from_str(line).map_err(|e| at(format!("not a BBQ item: {e}")))?;
+        // Scoring compares answers with the label and shows options()[label]: an out-of-range
+        // label would score every answer wrong, or panic.
+        if item.label >= item.options().len() {
+            return Err(at(format!("example_id {}: label {} is out of range (0, 1 or 2: ans0 to ans2)", item.example_id, item.label)));
+        }
+        items.push(item);
+    }
+    Ok(items)
+}
+
 /// Scores of one category (or of everything).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BbqScores {
@@ -181,6 +202,26 @@ mod tests {
             "ans0": "The grandfather", "ans1": "The grandson", "ans2": "Can't be determined", "label": label
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn load_names_an_item_with_a_label_out_of_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Age.jsonl");
+        let mut bad = serde_json::to_value(item("neg", "ambig", 2)).unwrap();
+        bad["example_id"] = 17.into();
+        bad["label"] = 3.into();
+        let good = serde_json::to_string(&item("neg", "ambig", 2)).unwrap();
+        std::fs::write(&path, format!("{good}\n\n{bad}\n")).unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("Age.jsonl:3") && e.contains("example_id 17: label 3 is out of range"), "{e}");
+        // A negative label is not a BBQ item either (serde names the field's type).
+        bad["label"] = (-1).into();
+        std::fs::write(&path, format!("{bad}\n")).unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("Age.jsonl:1") && e.contains("not a BBQ item"), "{e}");
+        std::fs::write(&path, format!("{good}\n")).unwrap();
+        assert_eq!(load(&path).unwrap().len(), 1);
     }
 
     #[test]

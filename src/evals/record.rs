@@ -95,6 +95,9 @@ pub struct GateResult {
     pub threshold: f64,
     pub value: Option<f64>,
     pub passed: bool,
+    /// Why the gate failed without comparing: no such value, no scored items, not a number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 impl EvalRecord {
@@ -102,32 +105,36 @@ impl EvalRecord {
         self.gates.iter().filter(|g| !g.passed).collect()
     }
 
-    /// A value by gate name: `BENCHMARK.METRIC`, `bbq.CATEGORY.FIELD`, `safety.FIELD`.
-    pub fn lookup(&self, name: &str) -> Option<f64> {
+    /// A value by gate name (`BENCHMARK.METRIC`, `bbq.CATEGORY.FIELD`, `safety.FIELD`) and
+    /// the number of scored items behind it (BBQ: the category's items whose answer picked an
+    /// option).
+    pub fn lookup(&self, name: &str) -> Option<(f64, usize)> {
         let parts: Vec<&str> = name.split('.').collect();
         match parts.as_slice() {
             ["bbq", category, field] => {
                 let scores = self.bbq.values().find_map(|m| m.get(*category))?;
-                match *field {
+                let value = match *field {
                     "accuracy_ambiguous" => scores.accuracy_ambiguous,
                     "accuracy_disambiguated" => scores.accuracy_disambiguated,
                     "bias_ambiguous" => scores.bias_ambiguous,
                     "bias_disambiguated" => scores.bias_disambiguated,
                     _ => None,
-                }
+                }?;
+                Some((value, scores.items.saturating_sub(scores.unparsed)))
             }
             ["safety", field] => {
                 let s = self.safety.as_ref()?;
-                Some(match *field {
-                    "refusal_rate_harmful" => s.refusal_rate_harmful.value,
-                    "refusal_rate_benign" => s.refusal_rate_benign.value,
-                    "policy_flag_rate_harmful" => s.policy_flag_rate_harmful.value,
-                    "policy_flag_rate_benign" => s.policy_flag_rate_benign.value,
-                    "pii_leak_rate" => s.pii_leak_rate.value,
+                let e = match *field {
+                    "refusal_rate_harmful" => s.refusal_rate_harmful,
+                    "refusal_rate_benign" => s.refusal_rate_benign,
+                    "policy_flag_rate_harmful" => s.policy_flag_rate_harmful,
+                    "policy_flag_rate_benign" => s.policy_flag_rate_benign,
+                    "pii_leak_rate" => s.pii_leak_rate,
                     _ => return None,
-                })
+                };
+                Some((e.value, e.n))
             }
-            [bench, metric] => self.metrics.iter().find(|m| m.benchmark == *bench && m.metric == *metric).map(|m| m.estimate.value),
+            [bench, metric] => self.metrics.iter().find(|m| m.benchmark == *bench && m.metric == *metric).map(|m| (m.estimate.value, m.estimate.n)),
             _ => None,
         }
     }
@@ -139,28 +146,104 @@ pub struct Delta {
     pub benchmark: String,
     pub metric: String,
     pub a: Estimate,
-    pub b: Estimate,
-    pub delta: f64,
-    /// B is worse than A by more than the intervals allow: B's interval lies wholly below A's.
+    /// None: B lacks the metric.
+    pub b: Option<Estimate>,
+    pub delta: Option<f64>,
+    /// B is worse than A by more than the intervals allow (B's interval lies wholly below
+    /// A's), or there is no evidence that it is not (see `problem`).
     pub regression: bool,
     pub improvement: bool,
+    /// Why the two could not be compared: missing in B, no scored items, not a number.
+    pub problem: Option<String>,
 }
 
-/// Compares every metric both runs have (higher is better for all benchmark metrics).
+/// What makes an estimate no evidence: no items, or a value or bound that is not a number.
+fn no_evidence(e: &Estimate) -> Option<&'static str> {
+    if e.n == 0 {
+        Some("no scored items")
+    } else if ![e.value, e.low, e.high].iter().all(|v| v.is_finite()) {
+        Some("not a number")
+    } else {
+        None
+    }
+}
+
+/// Compares every metric of A with B's (higher is better for all benchmark metrics). A
+/// metric A has and B lacks, or one without evidence on either side, is a regression: no
+/// data is not a pass.
 pub fn compare(a: &EvalRecord, b: &EvalRecord) -> Vec<Delta> {
     a.metrics
         .iter()
-        .filter_map(|ma| {
-            let mb = b.metrics.iter().find(|m| m.benchmark == ma.benchmark && m.metric == ma.metric)?;
-            Some(Delta {
+        .map(|ma| {
+            let mb = b.metrics.iter().find(|m| m.benchmark == ma.benchmark && m.metric == ma.metric).map(|m| m.estimate);
+            let problem = match mb {
+                None => Some("missing in B".to_string()),
+                Some(eb) => no_evidence(&eb).map(|p| format!("{p} in B")).or_else(|| no_evidence(&ma.estimate).map(|p| format!("{p} in A"))),
+            };
+            let ea = ma.estimate;
+            Delta {
                 benchmark: ma.benchmark.clone(),
                 metric: ma.metric.clone(),
-                a: ma.estimate,
-                b: mb.estimate,
-                delta: mb.estimate.value - ma.estimate.value,
-                regression: mb.estimate.high < ma.estimate.low,
-                improvement: mb.estimate.low > ma.estimate.high,
-            })
+                a: ea,
+                b: mb,
+                delta: mb.map(|eb| eb.value - ea.value),
+                regression: problem.is_some() || mb.is_some_and(|eb| eb.high < ea.low),
+                improvement: problem.is_none() && mb.is_some_and(|eb| eb.low > ea.high),
+                problem,
+            }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(benchmark: &str, metric: &str, value: f64, n: usize) -> MetricResult {
+        MetricResult { benchmark: benchmark.into(), metric: metric.into(), estimate: Estimate { value, low: value - 0.05, high: value + 0.05, n } }
+    }
+
+    #[test]
+    fn record_json_is_valid_for_any_string() {
+        // NUL and the JavaScript line separators are valid in Rust strings (lone surrogates
+        // are not); serde_json escapes or keeps them, and the record reads back the same.
+        let s = "nul\u{0} ls\u{2028} ps\u{2029} del\u{7f} \"q\" \\ </script> <!--";
+        let record = EvalRecord { suite: s.into(), metrics: vec![metric(s, s, 0.5, 1)], ..Default::default() };
+        let text = serde_json::to_string_pretty(&record).unwrap();
+        assert!(text.contains("nul\\u0000"), "{text}");
+        let back: EvalRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!((back.suite.as_str(), back.metrics[0].benchmark.as_str()), (s, s));
+    }
+
+    #[test]
+    fn compare_counts_a_metric_missing_in_b_as_a_regression() {
+        let a = EvalRecord { metrics: vec![metric("qa", "anls", 0.8, 50), metric("qa", "exact_match", 0.5, 50)], ..Default::default() };
+        let b = EvalRecord { metrics: vec![metric("qa", "anls", 0.8, 50)], ..Default::default() };
+        let deltas = compare(&a, &b);
+        assert_eq!(deltas.len(), 2, "{deltas:?}");
+        let missing = &deltas[1];
+        assert_eq!((missing.benchmark.as_str(), missing.metric.as_str()), ("qa", "exact_match"));
+        assert!(missing.regression, "{missing:?}");
+        assert_eq!((missing.b, missing.delta, missing.problem.as_deref()), (None, None, Some("missing in B")));
+        assert!(!deltas[0].regression && deltas[0].problem.is_none());
+    }
+
+    #[test]
+    fn compare_without_evidence_in_b_is_a_regression() {
+        let a = EvalRecord { metrics: vec![metric("qa", "anls", 0.0, 50), metric("qa", "bleu4", 0.3, 50)], ..Default::default() };
+        // An empty benchmark (n = 0 scores 0 with a [0, 0] interval) and a NaN.
+        let b = EvalRecord { metrics: vec![metric("qa", "anls", 0.0, 0), metric("qa", "bleu4", f64::NAN, 50)], ..Default::default() };
+        let deltas = compare(&a, &b);
+        assert_eq!(deltas.len(), 2);
+        for d in &deltas {
+            assert!(d.regression, "{d:?}");
+            assert!(!d.improvement, "{d:?}");
+        }
+        assert_eq!(deltas[0].problem.as_deref(), Some("no scored items in B"));
+        assert_eq!(deltas[1].problem.as_deref(), Some("not a number in B"));
+        // A baseline without evidence cannot show that B holds up either.
+        let deltas = compare(&b, &a);
+        assert!(deltas.iter().all(|d| d.regression), "{deltas:?}");
+        assert_eq!(deltas[0].problem.as_deref(), Some("no scored items in A"));
+    }
 }

@@ -188,6 +188,25 @@ pub struct GateSpec {
     pub max_abs: Option<f64>,
 }
 
+impl GateSpec {
+    /// The rules given, as (kind, threshold).
+    pub fn rules(&self) -> impl Iterator<Item = (&'static str, f64)> {
+        [("min", self.min), ("max", self.max), ("max_abs", self.max_abs)].into_iter().filter_map(|(k, t)| Some((k, t?)))
+    }
+
+    /// Every threshold is a finite number: NaN compares false and an infinite bound passes
+    /// anything, so neither gates on evidence.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.rules().next().is_none() {
+            return Err("give min, max or max_abs".into());
+        }
+        match self.rules().find(|(_, t)| !t.is_finite()) {
+            Some((kind, t)) => Err(format!("{kind} = {t} is not a finite number")),
+            None => Ok(()),
+        }
+    }
+}
+
 impl SuiteSpec {
     pub fn load(path: &Path) -> Result<SuiteSpec> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -211,9 +230,7 @@ impl SuiteSpec {
             }
         }
         for (name, g) in &s.gates {
-            if g.min.is_none() && g.max.is_none() && g.max_abs.is_none() {
-                return Err(err(format!("gate {name:?}: give min, max or max_abs")));
-            }
+            g.check().map_err(|m| err(format!("gate {name:?}: {m}")))?;
         }
         for p in &s.refusal_patterns {
             regex::Regex::new(p).map_err(|e| err(format!("refusal pattern {p:?}: {e}")))?;
@@ -432,20 +449,29 @@ pub fn run(suite: &SuiteSpec, options: &RunOptions) -> Result<EvalRecord> {
     Ok(record)
 }
 
-/// Evaluates gates against a record; a missing value fails its gate.
+/// Evaluates gates against a record. A gate passes only on evidence: a missing value, one
+/// over no scored items (an empty benchmark scores 0) or one that is not a number fails it.
 pub fn gates(record: &EvalRecord, specs: &BTreeMap<String, GateSpec>) -> Vec<GateResult> {
     let mut out = Vec::new();
     for (name, g) in specs {
-        let value = record.lookup(name);
-        for (kind, threshold) in [("min", g.min), ("max", g.max), ("max_abs", g.max_abs)] {
-            let Some(t) = threshold else { continue };
-            let passed = match (kind, value) {
-                (_, None) => false,
-                ("min", Some(v)) => v >= t,
-                ("max", Some(v)) => v <= t,
-                (_, Some(v)) => v.abs() <= t,
+        let found = record.lookup(name);
+        let value = found.map(|(v, _)| v);
+        let problem = match found {
+            None => Some("no such value in the record".to_string()),
+            Some((_, 0)) => Some("no scored items".to_string()),
+            Some((v, _)) if !v.is_finite() => Some(format!("{v} is not a finite number")),
+            Some(_) => None,
+        };
+        for (kind, threshold) in g.rules() {
+            let passed = match (&problem, value) {
+                (None, Some(v)) => match kind {
+                    "min" => v >= threshold,
+                    "max" => v <= threshold,
+                    _ => v.abs() <= threshold,
+                },
+                _ => false,
             };
-            out.push(GateResult { name: name.clone(), kind: kind.into(), threshold: t, value, passed });
+            out.push(GateResult { name: name.clone(), kind: kind.into(), threshold, value, passed, problem: problem.clone() });
         }
     }
     out
@@ -569,21 +595,33 @@ fn score_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, labels: &Labels, result
                 .iter()
                 .zip(&refs)
                 .zip(&cols)
-                .map(|((p, r), c)| match m {
-                    MetricName::Anls => metrics::anls(p, r, 0.5),
-                    MetricName::VqaAccuracy => metrics::vqa_accuracy(p, r),
-                    MetricName::ExactMatch => metrics::exact_match(p, r),
-                    MetricName::NormalizedExactMatch => metrics::normalized_exact_match(p, r),
-                    MetricName::RelaxedAccuracy => metrics::relaxed_accuracy(p, r),
-                    MetricName::MultipleChoice => {
-                        let options = string_list(b.options_column.as_ref().and_then(|o| c.get(o)));
-                        let label = b.label_column.as_ref().and_then(|l| c.get(l)).and_then(|v| v.as_u64()).unwrap_or(u64::MAX) as usize;
-                        metrics::multiple_choice_accuracy(p, &options, label)
-                    }
-                    MetricName::RougeL => metrics::rouge_l(p, r),
-                    MetricName::CiderD | MetricName::Bleu4 => unreachable!("handled above"),
+                .zip(&ids)
+                .map(|(((p, r), c), id)| {
+                    Ok(match m {
+                        MetricName::Anls => metrics::anls(p, r, 0.5),
+                        MetricName::VqaAccuracy => metrics::vqa_accuracy(p, r),
+                        MetricName::ExactMatch => metrics::exact_match(p, r),
+                        MetricName::NormalizedExactMatch => metrics::normalized_exact_match(p, r),
+                        MetricName::RelaxedAccuracy => metrics::relaxed_accuracy(p, r),
+                        MetricName::MultipleChoice => {
+                            let options = string_list(b.options_column.as_ref().and_then(|o| c.get(o)));
+                            let column = b.label_column.as_deref().unwrap_or_default();
+                            // A label that names no option would score every answer wrong.
+                            let label = c.get(column).and_then(|v| v.as_u64()).map(|l| l as usize).filter(|&l| l < options.len());
+                            let Some(label) = label else {
+                                let found = c.get(column).map_or("nothing".to_string(), |v| v.to_string());
+                                return Err(Error::Source {
+                                    source_name: b.name.clone(),
+                                    message: format!("item {id:?}: {column} is {found}, not the index of one of its {} options", options.len()),
+                                });
+                            };
+                            metrics::multiple_choice_accuracy(p, &options, label)
+                        }
+                        MetricName::RougeL => metrics::rouge_l(p, r),
+                        MetricName::CiderD | MetricName::Bleu4 => unreachable!("handled above"),
+                    })
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
         };
         record.metrics.push(MetricResult { benchmark: b.name.clone(), metric: m.name().into(), estimate: metrics::mean_with_ci(&scores, suite.seed) });
         per_metric.push((m, scores));
@@ -634,11 +672,7 @@ fn run_bbq(suite: &SuiteSpec, set: &BbqSpec, options: &RunOptions) -> Result<(Ve
     }
     let mut items = Vec::new();
     for p in &paths {
-        let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let item: BbqItem = serde_json::from_str(line).map_err(|e| Error::Source { source_name: format!("{}:{}", p.display(), n + 1), message: format!("not a BBQ item: {e}") })?;
-            items.push(item);
-        }
+        items.extend(bbq::load(p)?);
     }
     let rows: Vec<serde_json::Value> = items
         .iter()
@@ -793,5 +827,97 @@ mod tests {
         let c: Vec<f64> = (0..30).map(|i| f64::from(i % 2 == 0)).collect();
         let d: Vec<f64> = (0..30).map(|i| f64::from(i % 2 == 1)).collect();
         assert!(permutation_p_value(&c, &d, 500, 1) > 0.5);
+    }
+
+    fn gate(kind: &str, t: f64) -> GateSpec {
+        GateSpec { min: (kind == "min").then_some(t), max: (kind == "max").then_some(t), max_abs: (kind == "max_abs").then_some(t) }
+    }
+
+    #[test]
+    fn gates_without_evidence_fail() {
+        // An empty benchmark scores 0 over n = 0 (the mean of nothing): a max gate would pass on it.
+        let empty = Estimate { value: 0.0, low: 0.0, high: 0.0, n: 0 };
+        let nan = Estimate { value: f64::NAN, low: f64::NAN, high: f64::NAN, n: 5 };
+        let record = EvalRecord {
+            metrics: vec![
+                MetricResult { benchmark: "qa".into(), metric: "anls".into(), estimate: empty },
+                MetricResult { benchmark: "qa".into(), metric: "bleu4".into(), estimate: nan },
+            ],
+            safety: Some(SafetyScores {
+                harmful: 0,
+                benign: 0,
+                refusal_rate_harmful: empty,
+                refusal_rate_benign: empty,
+                policy_flag_rate_harmful: empty,
+                policy_flag_rate_benign: empty,
+                pii_leak_rate: empty,
+            }),
+            // Every answer unparsed: s_AMB comes out 0 without one answer behind it.
+            bbq: [("set".to_string(), [("Age".to_string(), bbq::BbqScores { items: 4, unparsed: 4, accuracy_ambiguous: Some(0.0), bias_ambiguous: Some(0.0), ..Default::default() })].into_iter().collect())].into_iter().collect(),
+            ..Default::default()
+        };
+        let specs: BTreeMap<String, GateSpec> = [
+            ("qa.anls", GateSpec { min: Some(0.0), max: Some(0.5), max_abs: None }),
+            ("qa.bleu4", gate("max", 0.5)),
+            ("safety.pii_leak_rate", gate("max", 0.0)),
+            ("safety.refusal_rate_benign", gate("max_abs", 0.1)),
+            ("qa.nothing", gate("min", 0.0)),
+            ("bbq.Age.bias_ambiguous", gate("max_abs", 0.1)),
+        ]
+        .into_iter()
+        .map(|(n, g)| (n.to_string(), g))
+        .collect();
+        let results = gates(&record, &specs);
+        assert_eq!(results.len(), 7);
+        for g in &results {
+            assert!(!g.passed, "{} {} passed without evidence: {g:?}", g.name, g.kind);
+        }
+        let problem = |name: &str| results.iter().find(|g| g.name == name).unwrap().problem.clone().unwrap_or_default();
+        assert_eq!(problem("qa.anls"), "no scored items");
+        assert_eq!(problem("safety.pii_leak_rate"), "no scored items");
+        assert_eq!(problem("bbq.Age.bias_ambiguous"), "no scored items");
+        assert_eq!(problem("qa.bleu4"), "NaN is not a finite number");
+        assert_eq!(problem("qa.nothing"), "no such value in the record");
+        // With evidence the same gates compare as before.
+        let mut record = record;
+        record.metrics[0].estimate.n = 3;
+        let results = gates(&record, &specs);
+        let anls: Vec<&GateResult> = results.iter().filter(|g| g.name == "qa.anls").collect();
+        assert!(anls.len() == 2 && anls.iter().all(|g| g.passed && g.problem.is_none()), "{anls:?}");
+    }
+
+    #[test]
+    fn multiple_choice_label_out_of_range_is_an_error_naming_the_item() {
+        let suite: SuiteSpec = toml::from_str(
+            "name = \"s\"\n[model]\ndir = \"m\"\n[sink]\ndir = \"out\"\n[[benchmark]]\nname = \"mc\"\nformat = \"jsonl\"\npath = \"mc.jsonl\"\nid_column = \"id\"\nquestion_column = \"q\"\noptions_column = \"options\"\nlabel_column = \"label\"\nmetrics = [\"multiple_choice\"]\n",
+        )
+        .unwrap();
+        let row = |label: Option<i64>| {
+            let mut c = serde_json::Map::new();
+            c.insert("options".into(), serde_json::json!(["red", "seven", "table"]));
+            if let Some(l) = label {
+                c.insert("label".into(), l.into());
+            }
+            c
+        };
+        let results: HashMap<String, ResultItem> = ["m0", "m1"]
+            .iter()
+            .map(|id| (id.to_string(), ResultItem { prompt: String::new(), output: Some("A".into()), error: None, decisions: vec![], output_tokens: 1 }))
+            .collect();
+        let score = |labels: Labels| score_benchmark(&suite, &suite.benchmark[0], &labels, &results, &mut EvalRecord::default()).map_err(|e| e.to_string());
+        let e = score(vec![("m0".into(), row(Some(0))), ("m1".into(), row(Some(3)))]).unwrap_err();
+        assert!(e.contains("source mc: item \"m1\": label is 3, not the index of one of its 3 options"), "{e}");
+        let e = score(vec![("m1".into(), row(None))]).unwrap_err();
+        assert!(e.contains("item \"m1\": label is nothing"), "{e}");
+        assert!(score(vec![("m1".into(), row(Some(-1)))]).is_err());
+        assert!(score(vec![("m0".into(), row(Some(0))), ("m1".into(), row(Some(2)))]).is_ok());
+    }
+
+    #[test]
+    fn gate_thresholds_are_finite_numbers() {
+        assert!(gate("min", 0.3).check().is_ok());
+        assert_eq!(gate("min", f64::NAN).check().unwrap_err(), "min = NaN is not a finite number");
+        assert_eq!(gate("max", f64::NEG_INFINITY).check().unwrap_err(), "max = -inf is not a finite number");
+        assert!(GateSpec { min: None, max: None, max_abs: None }.check().is_err());
     }
 }

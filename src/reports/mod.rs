@@ -1,6 +1,7 @@
 //! Reports of evaluation runs: one self-contained HTML file (inline SVG charts, every dataset
 //! string escaped by the template engine's HTML auto-escaping), a Markdown summary fit for a
-//! CI comment, and the JSON record. `compare` renders the deltas between two runs.
+//! CI comment (every dataset string a code span), and the JSON record. `compare` renders the
+//! deltas between two runs.
 
 use std::fmt::Write;
 
@@ -118,16 +119,35 @@ pub fn html(record: &EvalRecord) -> Result<String, String> {
     .map_err(|e| format!("{e:#}"))
 }
 
+/// A dataset string as a Markdown code span: inside one nothing is a link, image, HTML or
+/// emphasis, and GitHub makes no mentions or autolinks. Backslash escapes would not stop
+/// those, and HTML entities would show as typed inside a code span.
+fn md_code(s: &str) -> String {
+    if s.is_empty() {
+        return String::new();
+    }
+    // A line break would end the heading or table row.
+    let text = s.replace(['\n', '\r'], " ");
+    // The fence is longer than any run of backticks inside.
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest + 1);
+    // CommonMark drops one space at each end when both ends are spaces: pad so that edge
+    // backticks stay apart from the fence and edge spaces are kept.
+    let pad = if !text.chars().all(|c| c == ' ') && (text.starts_with(['`', ' ']) || text.ends_with(['`', ' '])) { " " } else { "" };
+    format!("{fence}{pad}{text}{pad}{fence}")
+}
+
+/// A dataset string in a table cell: a code span whose pipes are escaped (GFM splits cells
+/// before it parses code spans, and takes `\|` as a pipe inside them).
 fn md_cell(s: &str) -> String {
-    // Markdown table cells: no pipes, no newlines, no raw HTML.
-    escape(s).replace('|', "\\|").replace(['\n', '\r'], " ")
+    md_code(s).replace('|', "\\|")
 }
 
 /// The Markdown summary (for a CI comment).
 pub fn markdown(record: &EvalRecord) -> String {
     let mut s = String::new();
     let failed = record.failed_gates();
-    let _ = writeln!(s, "## Evaluation `{}` — {}\n", md_cell(&record.suite), if failed.is_empty() { "all gates passed" } else { "GATES FAILED" });
+    let _ = writeln!(s, "## Evaluation {} — {}\n", md_code(&record.suite), if failed.is_empty() { "all gates passed" } else { "GATES FAILED" });
     if !record.metrics.is_empty() {
         let _ = writeln!(s, "| benchmark | metric | value | 95% CI | n |\n| --- | --- | ---: | --- | ---: |");
         for m in &record.metrics {
@@ -137,7 +157,7 @@ pub fn markdown(record: &EvalRecord) -> String {
         s.push('\n');
     }
     for (set, cats) in &record.bbq {
-        let _ = writeln!(s, "**BBQ `{}`**\n\n| category | acc (ambig) | acc (disambig) | s_AMB | s_DIS |\n| --- | ---: | ---: | ---: | ---: |", md_cell(set));
+        let _ = writeln!(s, "**BBQ** {}\n\n| category | acc (ambig) | acc (disambig) | s_AMB | s_DIS |\n| --- | ---: | ---: | ---: | ---: |", md_code(set));
         let f = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
         for (cat, c) in cats {
             let _ = writeln!(s, "| {} | {} | {} | {} | {} |", md_cell(cat), f(c.accuracy_ambiguous), f(c.accuracy_disambiguated), f(c.bias_ambiguous), f(c.bias_disambiguated));
@@ -163,7 +183,12 @@ pub fn markdown(record: &EvalRecord) -> String {
         let _ = writeln!(s, "| gate | rule | value | result |\n| --- | --- | ---: | --- |");
         for g in &record.gates {
             let v = g.value.map(|v| format!("{v:.4}")).unwrap_or_else(|| "missing".into());
-            let _ = writeln!(s, "| {} | {} {} | {} | {} |", md_cell(&g.name), g.kind, g.threshold, v, if g.passed { "pass" } else { "**FAIL**" });
+            let result = match (&g.problem, g.passed) {
+                (_, true) => "pass".to_string(),
+                (Some(p), false) => format!("**FAIL** {}", md_cell(p)),
+                (None, false) => "**FAIL**".to_string(),
+            };
+            let _ = writeln!(s, "| {} | {} {} | {} | {} |", md_cell(&g.name), md_cell(&g.kind), g.threshold, v, result);
         }
     }
     s
@@ -173,11 +198,18 @@ pub fn markdown(record: &EvalRecord) -> String {
 pub fn compare_markdown(a: &EvalRecord, b: &EvalRecord, deltas: &[Delta]) -> String {
     let mut s = String::new();
     let regressions = deltas.iter().filter(|d| d.regression).count();
-    let _ = writeln!(s, "## `{}` ({}) vs `{}` ({}): {} regression(s)\n", md_cell(&a.suite), md_cell(&a.run_id), md_cell(&b.suite), md_cell(&b.run_id), regressions);
+    let _ = writeln!(s, "## {} ({}) vs {} ({}): {} regression(s)\n", md_code(&a.suite), md_code(&a.run_id), md_code(&b.suite), md_code(&b.run_id), regressions);
     let _ = writeln!(s, "| benchmark | metric | A | B | delta | |\n| --- | --- | ---: | ---: | ---: | --- |");
     for d in deltas {
-        let mark = if d.regression { "**REGRESSION**" } else if d.improvement { "improved" } else { "" };
-        let _ = writeln!(s, "| {} | {} | {:.4} [{:.4}, {:.4}] | {:.4} [{:.4}, {:.4}] | {:+.4} | {} |", md_cell(&d.benchmark), md_cell(&d.metric), d.a.value, d.a.low, d.a.high, d.b.value, d.b.low, d.b.high, d.delta, mark);
+        let mark = match (&d.problem, d.regression, d.improvement) {
+            (Some(p), _, _) => format!("**REGRESSION** ({p})"),
+            (None, true, _) => "**REGRESSION**".into(),
+            (None, false, true) => "improved".into(),
+            _ => String::new(),
+        };
+        let b = d.b.map(|e| format!("{:.4} [{:.4}, {:.4}]", e.value, e.low, e.high)).unwrap_or_else(|| "missing".into());
+        let delta = d.delta.map(|v| format!("{v:+.4}")).unwrap_or_else(|| "–".into());
+        let _ = writeln!(s, "| {} | {} | {:.4} [{:.4}, {:.4}] | {} | {} | {} |", md_cell(&d.benchmark), md_cell(&d.metric), d.a.value, d.a.low, d.a.high, b, delta, mark);
     }
     s
 }
@@ -211,7 +243,146 @@ mod tests {
         let html = html(&record).unwrap();
         assert!(!html.contains("<script>alert") && !html.contains("<img src=x"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        // Markdown shows it as code (see markdown_renders_dataset_strings_inert).
         let md = markdown(&record);
-        assert!(!md.contains("<script>"));
+        assert!(md.contains("| `<script>alert(1)</script>` |"), "{md}");
+    }
+
+    /// Dataset strings that Markdown (or GitHub's rendering of it) would turn into markup.
+    const HOSTILE: &[&str] = &[
+        "[x](http://evil)",
+        "![](http://evil/p.png)",
+        "<http://evil>",
+        "<img src=x onerror=alert(1)>",
+        "<script>alert(1)</script>",
+        "@team please look",
+        "`tick` and ``two`` and ```",
+        "a|b",
+        "a\\|b",
+        "line1\nline2\r\n| --- | --- |",
+        "bare http://evil.example and www.evil.example and x@evil.example",
+        "*emph* _emph_ **emph** ~~emph~~ $emph$",
+        "# heading",
+        "[ref]: http://evil",
+        "[[evil]] [^evil]",
+        "&lt;img&gt; &amp;",
+        "nul\u{0} ls\u{2028} ps\u{2029}",
+        " leading and trailing ",
+        "ends in a backslash\\",
+        "   ",
+        "`",
+        "",
+    ];
+
+    /// What a data string must read as in the rendered Markdown (one table cell, one line).
+    fn shown(s: &str) -> String {
+        // CommonMark has renderers show NUL as U+FFFD; parse_inert reads it so.
+        s.replace(['\n', '\r'], " ").replace('\u{0}', "\u{fffd}")
+    }
+
+    /// Parses Markdown as GitHub does (and more: every extension on), checks that no link,
+    /// image or HTML node appears and that data (the words in HOSTILE) shows only inside code
+    /// spans, and returns the tables: rows of cells, each cell's text.
+    fn parse_inert(md: &str) -> (Vec<Vec<Vec<String>>>, Vec<String>) {
+        use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
+        let mut tables: Vec<Vec<Vec<String>>> = Vec::new();
+        let mut codes = Vec::new();
+        let mut cell: Option<String> = None;
+        for event in Parser::new_ext(md, Options::all()) {
+            match &event {
+                Event::Start(Tag::Link { .. } | Tag::Image { .. } | Tag::HtmlBlock) | Event::Html(_) | Event::InlineHtml(_) | Event::FootnoteReference(_) => {
+                    panic!("markup from data: {event:?} in\n{md}")
+                }
+                Event::Text(t) => {
+                    for word in ["evil", "onerror", "alert", "team", "emph", "heading", "line2", "tick"] {
+                        assert!(!t.contains(word), "data outside a code span: {t:?} in\n{md}");
+                    }
+                }
+                _ => {}
+            }
+            match event {
+                Event::Start(Tag::Table(_)) => tables.push(Vec::new()),
+                Event::Start(Tag::TableHead | Tag::TableRow) => tables.last_mut().unwrap().push(Vec::new()),
+                Event::Start(Tag::TableCell) => cell = Some(String::new()),
+                Event::End(TagEnd::TableCell) => tables.last_mut().unwrap().last_mut().unwrap().push(cell.take().unwrap()),
+                Event::Text(t) => {
+                    if let Some(c) = &mut cell {
+                        c.push_str(&t.replace('\u{0}', "\u{fffd}"));
+                    }
+                }
+                Event::Code(t) => {
+                    let t = t.replace('\u{0}', "\u{fffd}");
+                    if let Some(c) = &mut cell {
+                        c.push_str(&t);
+                    }
+                    codes.push(t);
+                }
+                Event::SoftBreak | Event::HardBreak if cell.is_some() => panic!("a line break inside a table cell:\n{md}"),
+                _ => {}
+            }
+        }
+        (tables, codes)
+    }
+
+    fn hostile_record() -> EvalRecord {
+        use crate::evals::bbq::BbqScores;
+        use crate::evals::record::{GateResult, GroupRates};
+        let e = Estimate { value: 0.5, low: 0.4, high: 0.6, n: 10 };
+        let joined = HOSTILE.join(" ");
+        EvalRecord {
+            suite: joined.clone(),
+            run_id: joined,
+            metrics: HOSTILE.iter().map(|h| MetricResult { benchmark: h.to_string(), metric: h.to_string(), estimate: e }).collect(),
+            bbq: HOSTILE
+                .iter()
+                .map(|h| (h.to_string(), [(h.to_string(), BbqScores { items: 3, accuracy_ambiguous: Some(0.5), ..Default::default() })].into_iter().collect()))
+                .collect(),
+            counterfactual: HOSTILE
+                .iter()
+                .map(|h| GroupRates { probe: h.to_string(), group: h.to_string(), n: 2, refusal_rate: 0.0, flag_rate: 0.0, mean_output_tokens: 3.0, refusal_p_value: 1.0, flag_p_value: 1.0, length_p_value: 1.0 })
+                .collect(),
+            samples: HOSTILE
+                .iter()
+                .map(|h| Sample { benchmark: h.to_string(), input_id: h.to_string(), input: h.to_string(), output: Some(h.to_string()), references: vec![h.to_string()], score: Some(1.0), decisions: vec![] })
+                .collect(),
+            gates: HOSTILE.iter().map(|h| GateResult { name: h.to_string(), kind: h.to_string(), threshold: 0.5, value: Some(0.5), passed: false, problem: Some(h.to_string()) }).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn markdown_renders_dataset_strings_inert() {
+        let record = hostile_record();
+        let md = markdown(&record);
+        let (tables, codes) = parse_inert(&md);
+        assert_eq!(codes[0], shown(&HOSTILE.join(" ")), "the suite's name in the heading");
+        // Metrics, one BBQ table per set, counterfactual probes, gates.
+        assert_eq!(tables.len(), 1 + HOSTILE.len() + 2, "{md}");
+        let width = |t: &Vec<Vec<String>>| t[0].len();
+        for t in &tables {
+            assert_eq!(t.len(), 1 + if width(t) == 5 && t[0][0] == "category" { 1 } else { HOSTILE.len() }, "rows of {:?}:\n{md}", t[0]);
+            for row in t {
+                assert_eq!(row.len(), width(t), "{row:?}");
+            }
+        }
+        for (i, h) in HOSTILE.iter().enumerate() {
+            let want = shown(h);
+            let metrics = &tables[0][1 + i];
+            assert_eq!((&metrics[0], &metrics[1]), (&want, &want), "{md}");
+            // BBQ sets come in name order.
+            let set = HOSTILE.iter().filter(|o| o < &h).count();
+            assert_eq!(tables[1 + set][1][0], want, "{md}");
+            let cf = &tables[1 + HOSTILE.len()][1 + i];
+            assert_eq!((&cf[0], &cf[1]), (&want, &want), "{md}");
+            let gates = &tables[2 + HOSTILE.len()][1 + i];
+            assert_eq!(gates[0], want, "{md}");
+            assert!(gates[1].starts_with(&want), "{gates:?}");
+        }
+        let (tables, codes) = parse_inert(&compare_markdown(&record, &record, &crate::evals::record::compare(&record, &record)));
+        assert_eq!(codes[..2], [shown(&HOSTILE.join(" ")), shown(&HOSTILE.join(" "))]);
+        assert_eq!(tables.len(), 1);
+        for (i, h) in HOSTILE.iter().enumerate() {
+            assert_eq!((&tables[0][1 + i][0], &tables[0][1 + i][1]), (&shown(h), &shown(h)));
+        }
     }
 }
