@@ -399,6 +399,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         max_attempts: args.max_attempts,
         wait_for_lease: args.wait,
         ignore_lease: args.ignore_lease,
+        collect_keys: false,
     };
     let summary = match crate::pipeline::run(&spec, &options) {
         Ok(s) => s,

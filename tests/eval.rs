@@ -392,3 +392,50 @@ fn gate_over_zero_scored_items_fails() {
     assert_eq!(record["metrics"][0]["estimate"]["n"], 0);
     assert_eq!(record["gates"][0]["passed"], false);
 }
+
+/// Change and revert: system prompt A, then B, then A again in the same sink. The third record
+/// scores A's outputs (the rows of its own configuration, by key), not B's newer rows.
+#[test]
+fn a_reverted_change_scores_the_results_of_the_configuration_it_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = repo().join("datasets/docs");
+    for i in 0..4 {
+        std::fs::copy(docs.join(format!("invoice_00{i}.png")), tmp.path().join(format!("invoice_00{i}.png"))).unwrap();
+    }
+    let rows: String = (0..4)
+        .map(|i| {
+            serde_json::json!({"id": format!("q{i}"), "image": format!("invoice_00{i}.png"),
+                               "question": format!("What is the total of invoice {i}?"), "answers": ["100"]})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(tmp.path().join("qa.jsonl"), rows).unwrap();
+    let eval = |system: &str| -> serde_json::Value {
+        let suite = format!(
+            "name = \"revert\"\nsamples = 10\n[model]\ndir = \"{}\"\ndevice = \"cpu\"\n[sink]\ndir = \"out\"\n[[benchmark]]\nname = \"qa\"\nformat = \"jsonl\"\npath = \"qa.jsonl\"\nid_column = \"id\"\nquestion_column = \"question\"\nanswers_column = \"answers\"\nimage_column = \"image\"\nmetrics = [\"anls\"]\nsystem = \"{system}\"\nmax_new_tokens = 8\n",
+            repo().join("models/tiny-gemma4").display()
+        );
+        std::fs::write(tmp.path().join("suite.toml"), suite).unwrap();
+        let out = bin().arg("eval").arg(tmp.path().join("suite.toml")).arg("--quiet").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("out/report/record.json")).unwrap()).unwrap()
+    };
+    let outputs = |record: &serde_json::Value| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = record["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["input_id"].as_str().unwrap().to_string(), s["output"].as_str().unwrap_or("").to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    let a = eval("You answer with numbers only.");
+    let b = eval("Réponds en français, s'il te plaît, avec des phrases complètes.");
+    let a_again = eval("You answer with numbers only.");
+    assert_eq!(outputs(&a).len(), 4, "every item is scored");
+    assert_ne!(outputs(&a), outputs(&b), "the two system prompts should give different outputs on this model");
+    assert_eq!(outputs(&a_again), outputs(&a), "the reverted configuration scores its own results");
+    assert_eq!(a_again["metrics"], a["metrics"]);
+}

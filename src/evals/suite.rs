@@ -2,7 +2,7 @@
 //! counterfactual probes and a safety prompt set, each run as a pipeline (same model stage,
 //! filters and Lance results, resumable), then scored into an [`EvalRecord`] with gates.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -252,6 +252,7 @@ impl SuiteSpec {
 }
 
 /// One scored result row of a part.
+#[derive(Clone)]
 struct ResultItem {
     prompt: String,
     output: Option<String>,
@@ -293,20 +294,24 @@ fn run_part(suite: &SuiteSpec, part: &str, source: toml::Table, task: toml::Tabl
     let path = dir.join("spec.toml");
     std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
     let spec = PipelineSpec::load(&path)?;
-    let summary = crate::pipeline::run(&spec, options)?;
+    let options = RunOptions { collect_keys: true, ..options.clone() };
+    let summary = crate::pipeline::run(&spec, &options)?;
     if summary.interrupted {
         return Err(Error::Sink(format!("interrupted while running {part}; rerun the suite to resume")));
     }
     Ok((spec, summary))
 }
 
-/// The results of a part for this model: input id -> latest row.
-fn read_results(spec: &PipelineSpec, model_hash: &str) -> Result<HashMap<String, ResultItem>> {
+/// The results of a part: input id -> the row stored under that input's key for this run's
+/// configuration (content, prompt, parameters, model files, filter sets). Rows of other
+/// configurations in the same sink (an earlier prompt, a reverted change) are never read.
+fn read_results(spec: &PipelineSpec, summary: &RunSummary) -> Result<HashMap<String, ResultItem>> {
     use polars::prelude::*;
     let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
-    let mut out: HashMap<String, (i64, ResultItem)> = HashMap::new();
+    let wanted: HashSet<&str> = summary.keys.iter().map(|(_, k)| k.as_str()).collect();
+    let mut by_key: HashMap<String, ResultItem> = HashMap::new();
     let rt = crate::util::runtime(0)?;
-    let cols = ["input_id", "prompt", "output", "error", "filter_decisions", "output_tokens", "model_hash", "created_at"];
+    let cols = ["key", "prompt", "output", "error", "filter_decisions", "output_tokens"];
     for table in [layout.results(), layout.quarantine()] {
         let batches = rt.block_on(ResultStore::new(table).read(None, Some(&cols)))?;
         let df = to_polars(&batches)?;
@@ -315,35 +320,25 @@ fn read_results(spec: &PipelineSpec, model_hash: &str) -> Result<HashMap<String,
         }
         let err = |e: PolarsError| Error::polars("reading evaluation results")(e);
         let s = |c: &str| -> Result<StringChunked> { Ok(df.column(c).map_err(err)?.str().map_err(err)?.clone()) };
-        let (ids, prompts, outputs, errors, decisions, hashes) =
-            (s("input_id")?, s("prompt")?, s("output")?, s("error")?, s("filter_decisions")?, s("model_hash")?);
+        let (keys, prompts, outputs, errors, decisions) = (s("key")?, s("prompt")?, s("output")?, s("error")?, s("filter_decisions")?);
         let tokens = df.column("output_tokens").map_err(err)?.cast(&DataType::UInt32).map_err(err)?;
         let tokens = tokens.u32().map_err(err)?.clone();
-        let created = df.column("created_at").map_err(err)?.cast(&DataType::Int64).map_err(err)?;
-        let created = created.i64().map_err(err)?.clone();
         for i in 0..df.height() {
-            if hashes.get(i) != Some(model_hash) {
-                continue;
-            }
-            let id = ids.get(i).unwrap_or_default().to_string();
-            let at = created.get(i).unwrap_or(0);
-            if out.get(&id).is_some_and(|(t, _)| *t > at) {
-                continue;
-            }
+            let Some(key) = keys.get(i).filter(|k| wanted.contains(k)) else { continue };
             let decisions: Vec<Decision> = decisions.get(i).and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default();
-            out.insert(
-                id,
-                (at, ResultItem {
+            by_key.insert(
+                key.to_string(),
+                ResultItem {
                     prompt: prompts.get(i).unwrap_or_default().to_string(),
                     output: outputs.get(i).map(str::to_owned),
                     error: errors.get(i).map(str::to_owned),
                     decisions,
                     output_tokens: tokens.get(i).unwrap_or(0),
-                }),
+                },
             );
         }
     }
-    Ok(out.into_iter().map(|(k, (_, v))| (k, v)).collect())
+    Ok(summary.keys.iter().filter_map(|(id, key)| Some((id.clone(), by_key.get(key)?.clone()))).collect())
 }
 
 fn string_list(v: Option<&serde_json::Value>) -> Vec<String> {
@@ -406,7 +401,7 @@ pub fn run(suite: &SuiteSpec, options: &RunOptions) -> Result<EvalRecord> {
 
     for b in &suite.benchmark {
         let (spec, summary, labels) = run_benchmark(suite, b, options)?;
-        let results = read_results(&spec, &summary.model_hash)?;
+        let results = read_results(&spec, &summary)?;
         count_decisions(&results);
         if record.provenance.is_null() {
             record.provenance = serde_json::json!({"model_hash": summary.model_hash, "model_id": Path::new(&spec.model.dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), "backend": crate::util::enum_name(&spec.model.backend), "device": crate::util::enum_name(&spec.model.device), "dtype": spec.model.dtype.name(), "gemma_batch": env!("CARGO_PKG_VERSION")});
@@ -692,7 +687,7 @@ fn run_bbq(suite: &SuiteSpec, set: &BbqSpec, options: &RunOptions) -> Result<(Ve
         task.insert("system".into(), s.clone().into());
     }
     let (spec, summary) = run_part(suite, &format!("bbq-{}", set.name), source, task, options)?;
-    Ok((items, read_results(&spec, &summary.model_hash)?))
+    Ok((items, read_results(&spec, &summary)?))
 }
 
 fn run_counterfactual(suite: &SuiteSpec, probe: &CounterfactualSpec, options: &RunOptions) -> Result<(Vec<(String, String)>, HashMap<String, ResultItem>)> {
@@ -713,7 +708,7 @@ fn run_counterfactual(suite: &SuiteSpec, probe: &CounterfactualSpec, options: &R
     let source = table(&[("kind", V::String("jsonl".into())), ("path", V::String(path.display().to_string())), ("id_column", V::String("eval_id".into()))]);
     let task = table(&[("name", V::String(probe.name.clone())), ("kind", V::String("prompt".into())), ("prompt", V::String("{{ prompt }}".into())), ("max_new_tokens", V::Integer(probe.max_new_tokens as i64))]);
     let (spec, summary) = run_part(suite, &format!("cf-{}", probe.name), source, task, options)?;
-    Ok((ids, read_results(&spec, &summary.model_hash)?))
+    Ok((ids, read_results(&spec, &summary)?))
 }
 
 fn flagged(r: &ResultItem) -> bool {
@@ -791,7 +786,7 @@ fn run_safety(suite: &SuiteSpec, safety: &SafetySpec, options: &RunOptions) -> R
     let source = table(&[("kind", V::String("jsonl".into())), ("path", V::String(path.display().to_string())), ("id_column", V::String("id".into()))]);
     let task = table(&[("name", V::String("safety".into())), ("kind", V::String("prompt".into())), ("prompt", V::String("{{ prompt }}".into())), ("max_new_tokens", V::Integer(safety.max_new_tokens as i64))]);
     let (spec, summary) = run_part(suite, "safety", source, task, options)?;
-    Ok((rows, read_results(&spec, &summary.model_hash)?))
+    Ok((rows, read_results(&spec, &summary)?))
 }
 
 fn safety_scores(suite: &SuiteSpec, rows: &[(String, String)], results: &HashMap<String, ResultItem>, refusal: &regex::RegexSet) -> SafetyScores {

@@ -58,6 +58,10 @@ pub struct RunOptions {
     pub wait_for_lease: bool,
     /// Run even when another run holds the lease (safe, but the work is done twice).
     pub ignore_lease: bool,
+    /// Return (input id, key) of every (row, task) of this configuration in
+    /// [`RunSummary::keys`] (done now or before, failed, or quarantined), so that a caller
+    /// reads exactly these rows.
+    pub collect_keys: bool,
 }
 
 impl Default for RunOptions {
@@ -70,6 +74,7 @@ impl Default for RunOptions {
             max_attempts: 3,
             wait_for_lease: false,
             ignore_lease: false,
+            collect_keys: false,
         }
     }
 }
@@ -111,6 +116,10 @@ pub struct RunSummary {
     pub elapsed_s: f64,
     /// Per-task counts from the committed rows of this run (a polars group-by).
     pub by_task: Vec<TaskSummary>,
+    /// With [`RunOptions::collect_keys`]: (input id, key) of this configuration's items; rows
+    /// with the same content and prompt share a key (one stored result).
+    #[serde(skip)]
+    pub keys: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -235,6 +244,7 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
     let (row_tx, mut row_rx) = mpsc::channel::<Finished>(batch_size * 4);
     let counters = Arc::new(Counters::default());
     let stale = Arc::new(std::sync::Mutex::new(failed_and_quarantined));
+    let keys: reader::ItemKeys = Default::default();
 
     // Stage 1: rows to work items.
     let reader = Reader {
@@ -248,6 +258,7 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         item_tx,
         row_tx: row_tx.clone(),
         stale: stale.clone(),
+        keys: options.collect_keys.then(|| keys.clone()),
     };
     let reader = tokio::task::spawn_blocking(move || reader.run());
 
@@ -315,6 +326,7 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         filter_sets: provenance.filter_sets.clone(),
         elapsed_s: started.elapsed().as_secs_f64(),
         by_task: Vec::new(),
+        keys: std::mem::take(&mut *keys.lock().unwrap_or_else(|e| e.into_inner())),
     };
     if options.shard.is_none() {
         summary.by_task = summary::task_summary(&store, &run_id).await?;

@@ -28,13 +28,18 @@ pub(crate) struct Reader {
     pub row_tx: mpsc::Sender<Finished>,
     /// Failed records found superseded by a done row (left by a crash); the writer deletes them.
     pub stale: Arc<Mutex<Vec<String>>>,
+    /// (input id, key) of every item of this run, duplicates included, when the caller asked.
+    pub keys: Option<ItemKeys>,
 }
+
+/// (input id, key) pairs collected by the reader.
+pub(crate) type ItemKeys = Arc<Mutex<Vec<(String, String)>>>;
 
 impl Reader {
     /// Runs to the end of the source, a stop signal or the row limit. Returns whether a signal
     /// stopped it before the end (rows left unread).
     pub fn run(self) -> Result<bool> {
-        let Reader { spec, templates, state, counters, stop, provenance, options, item_tx, row_tx, stale } = self;
+        let Reader { spec, templates, state, counters, stop, provenance, options, item_tx, row_tx, stale, keys } = self;
         let filter_sets = provenance.filter_sets.clone().unwrap_or_default();
         // Keys issued by this run: identical rows and repeated questions are worked on once.
         // 128 bits of each (hex) key keep the set small on large corpora.
@@ -70,6 +75,9 @@ impl Reader {
                             continue;
                         }
                         Counters::add(&counters.items);
+                        if let Some(keys) = &keys {
+                            keys.lock().unwrap_or_else(|e| e.into_inner()).push((row.input_id.clone(), key.clone()));
+                        }
                         if !issued.insert(key_bits(&key)) {
                             Counters::add(&counters.duplicates);
                             continue;
