@@ -179,7 +179,7 @@ pub enum TaskKind {
     Prompt,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     pub name: String,

@@ -438,4 +438,14 @@ fn a_reverted_change_scores_the_results_of_the_configuration_it_names() {
     assert_ne!(outputs(&a), outputs(&b), "the two system prompts should give different outputs on this model");
     assert_eq!(outputs(&a_again), outputs(&a), "the reverted configuration scores its own results");
     assert_eq!(a_again["metrics"], a["metrics"]);
+    // The record names the configuration it scored.
+    for (record, system) in [(&a, "You answer with numbers only."), (&b, "Réponds en français")] {
+        let part = &record["provenance"]["parts"][0];
+        assert_eq!(part["part"], "qa");
+        assert_eq!(part["items"], 4);
+        assert!(part["model_hash"].as_str().is_some_and(|h| !h.is_empty()));
+        let task = &part["tasks"][0];
+        assert!(task["system"].as_str().unwrap().starts_with(system), "{task}");
+        assert_eq!(task["max_new_tokens"], 8);
+    }
 }

@@ -263,7 +263,14 @@ struct ResultItem {
 
 /// Runs one part as a pipeline spec written to `DIR/PART/spec.toml` (kept: it documents what
 /// ran, and rerunning the suite resumes from it).
-fn run_part(suite: &SuiteSpec, part: &str, source: toml::Table, task: toml::Table, options: &RunOptions) -> Result<(PipelineSpec, RunSummary)> {
+fn run_part(
+    suite: &SuiteSpec,
+    part: &str,
+    source: toml::Table,
+    task: toml::Table,
+    options: &RunOptions,
+    parts: &mut Vec<serde_json::Value>,
+) -> Result<(PipelineSpec, RunSummary)> {
     let dir = suite.resolve(&suite.sink.dir).join(part);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut model = suite.model.clone();
@@ -296,6 +303,13 @@ fn run_part(suite: &SuiteSpec, part: &str, source: toml::Table, task: toml::Tabl
     let spec = PipelineSpec::load(&path)?;
     let options = RunOptions { collect_keys: true, ..options.clone() };
     let summary = crate::pipeline::run(&spec, &options)?;
+    parts.push(serde_json::json!({
+        "part": part,
+        "model_hash": summary.model_hash,
+        "filter_sets": summary.filter_sets,
+        "tasks": spec.tasks,
+        "items": summary.keys.len(),
+    }));
     if summary.interrupted {
         return Err(Error::Sink(format!("interrupted while running {part}; rerun the suite to resume")));
     }
@@ -388,6 +402,8 @@ fn pick_samples(mut samples: Vec<Sample>, n: usize) -> Vec<Sample> {
 pub fn run(suite: &SuiteSpec, options: &RunOptions) -> Result<EvalRecord> {
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let mut record = EvalRecord { suite: suite.name.clone(), created_at_ms: started, ..Default::default() };
+    // The configuration each part scored (its keys are what was read).
+    let mut parts: Vec<serde_json::Value> = Vec::new();
     record.run_id = format!("{}-{started}", suite.name);
     let refusal = regex::RegexSet::new(suite.refusal_patterns.iter().map(|p| format!("(?i){p}"))).map_err(|e| Error::Spec { path: suite.base_dir.clone(), message: e.to_string() })?;
     let mut filter_counts: BTreeMap<String, u64> = BTreeMap::new();
@@ -400,7 +416,7 @@ pub fn run(suite: &SuiteSpec, options: &RunOptions) -> Result<EvalRecord> {
     };
 
     for b in &suite.benchmark {
-        let (spec, summary, labels) = run_benchmark(suite, b, options)?;
+        let (spec, summary, labels) = run_benchmark(suite, b, options, &mut parts)?;
         let results = read_results(&spec, &summary)?;
         count_decisions(&results);
         if record.provenance.is_null() {
@@ -409,7 +425,7 @@ pub fn run(suite: &SuiteSpec, options: &RunOptions) -> Result<EvalRecord> {
         score_benchmark(suite, b, &labels, &results, &mut record)?;
     }
     for set in &suite.bbq {
-        let (items, results) = run_bbq(suite, set, options)?;
+        let (items, results) = run_bbq(suite, set, options, &mut parts)?;
         count_decisions(&results);
         let choices: Vec<Option<usize>> = items
             .iter()
@@ -428,18 +444,22 @@ pub fn run(suite: &SuiteSpec, options: &RunOptions) -> Result<EvalRecord> {
         record.samples.extend(pick_samples(samples, suite.samples));
     }
     for probe in &suite.counterfactual {
-        let (rows, results) = run_counterfactual(suite, probe, options)?;
+        let (rows, results) = run_counterfactual(suite, probe, options, &mut parts)?;
         count_decisions(&results);
         record.counterfactual.extend(group_rates(suite, probe, &rows, &results, &refusal));
     }
     if let Some(safety) = &suite.safety {
-        let (rows, results) = run_safety(suite, safety, options)?;
+        let (rows, results) = run_safety(suite, safety, options, &mut parts)?;
         count_decisions(&results);
         record.safety = Some(safety_scores(suite, &rows, &results, &refusal));
         let samples: Vec<Sample> = rows.iter().filter_map(|(id, label)| results.get(id).map(|r| sample("safety", id, r, vec![label.clone()], None))).collect();
         record.samples.extend(pick_samples(samples, suite.samples));
     }
     record.filter_counts = filter_counts;
+    if !record.provenance.is_object() {
+        record.provenance = serde_json::json!({});
+    }
+    record.provenance["parts"] = parts.into();
     record.gates = gates(&record, &suite.gates);
     Ok(record)
 }
@@ -474,7 +494,7 @@ pub fn gates(record: &EvalRecord, specs: &BTreeMap<String, GateSpec>) -> Vec<Gat
 
 type Labels = Vec<(String, serde_json::Map<String, serde_json::Value>)>;
 
-fn run_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, options: &RunOptions) -> Result<(PipelineSpec, RunSummary, Labels)> {
+fn run_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, options: &RunOptions, parts: &mut Vec<serde_json::Value>) -> Result<(PipelineSpec, RunSummary, Labels)> {
     use toml::Value as V;
     let path = suite.resolve(&b.path);
     let (kind, path, id_column) = match b.format {
@@ -535,7 +555,7 @@ fn run_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, options: &RunOptions) -> 
     if let Some(s) = &b.system {
         task.insert("system".into(), s.clone().into());
     }
-    let (spec, summary) = run_part(suite, &b.name, source, task, options)?;
+    let (spec, summary) = run_part(suite, &b.name, source, task, options, parts)?;
     // Labels: the same source, read again for the id and label columns only (no images).
     let mut label_spec = spec.clone();
     // Reference answers are needed by every metric but multiple choice.
@@ -658,7 +678,7 @@ fn score_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, labels: &Labels, result
     Ok(())
 }
 
-fn run_bbq(suite: &SuiteSpec, set: &BbqSpec, options: &RunOptions) -> Result<(Vec<BbqItem>, HashMap<String, ResultItem>)> {
+fn run_bbq(suite: &SuiteSpec, set: &BbqSpec, options: &RunOptions, parts: &mut Vec<serde_json::Value>) -> Result<(Vec<BbqItem>, HashMap<String, ResultItem>)> {
     let pattern = suite.resolve(&set.path).display().to_string();
     let mut paths: Vec<PathBuf> = glob::glob(&pattern).map_err(|e| Error::Source { source_name: pattern.clone(), message: e.to_string() })?.filter_map(|p| p.ok()).collect();
     paths.sort();
@@ -686,11 +706,11 @@ fn run_bbq(suite: &SuiteSpec, set: &BbqSpec, options: &RunOptions) -> Result<(Ve
     if let Some(s) = &set.system {
         task.insert("system".into(), s.clone().into());
     }
-    let (spec, summary) = run_part(suite, &format!("bbq-{}", set.name), source, task, options)?;
+    let (spec, summary) = run_part(suite, &format!("bbq-{}", set.name), source, task, options, parts)?;
     Ok((items, read_results(&spec, &summary)?))
 }
 
-fn run_counterfactual(suite: &SuiteSpec, probe: &CounterfactualSpec, options: &RunOptions) -> Result<(Vec<(String, String)>, HashMap<String, ResultItem>)> {
+fn run_counterfactual(suite: &SuiteSpec, probe: &CounterfactualSpec, options: &RunOptions, parts: &mut Vec<serde_json::Value>) -> Result<(Vec<(String, String)>, HashMap<String, ResultItem>)> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     let mut rows = Vec::new();
@@ -707,7 +727,7 @@ fn run_counterfactual(suite: &SuiteSpec, probe: &CounterfactualSpec, options: &R
     use toml::Value as V;
     let source = table(&[("kind", V::String("jsonl".into())), ("path", V::String(path.display().to_string())), ("id_column", V::String("eval_id".into()))]);
     let task = table(&[("name", V::String(probe.name.clone())), ("kind", V::String("prompt".into())), ("prompt", V::String("{{ prompt }}".into())), ("max_new_tokens", V::Integer(probe.max_new_tokens as i64))]);
-    let (spec, summary) = run_part(suite, &format!("cf-{}", probe.name), source, task, options)?;
+    let (spec, summary) = run_part(suite, &format!("cf-{}", probe.name), source, task, options, parts)?;
     Ok((ids, read_results(&spec, &summary)?))
 }
 
@@ -769,7 +789,7 @@ fn group_rates(suite: &SuiteSpec, probe: &CounterfactualSpec, rows: &[(String, S
         .collect()
 }
 
-fn run_safety(suite: &SuiteSpec, safety: &SafetySpec, options: &RunOptions) -> Result<(Vec<(String, String)>, HashMap<String, ResultItem>)> {
+fn run_safety(suite: &SuiteSpec, safety: &SafetySpec, options: &RunOptions, parts: &mut Vec<serde_json::Value>) -> Result<(Vec<(String, String)>, HashMap<String, ResultItem>)> {
     let path = suite.resolve(&safety.path);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let mut rows = Vec::new();
@@ -785,7 +805,7 @@ fn run_safety(suite: &SuiteSpec, safety: &SafetySpec, options: &RunOptions) -> R
     use toml::Value as V;
     let source = table(&[("kind", V::String("jsonl".into())), ("path", V::String(path.display().to_string())), ("id_column", V::String("id".into()))]);
     let task = table(&[("name", V::String("safety".into())), ("kind", V::String("prompt".into())), ("prompt", V::String("{{ prompt }}".into())), ("max_new_tokens", V::Integer(safety.max_new_tokens as i64))]);
-    let (spec, summary) = run_part(suite, "safety", source, task, options)?;
+    let (spec, summary) = run_part(suite, "safety", source, task, options, parts)?;
     Ok((rows, read_results(&spec, &summary)?))
 }
 
