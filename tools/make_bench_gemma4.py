@@ -49,6 +49,7 @@ REPO = TOOLS.parent
 sys.path.insert(0, str(TOOLS))
 from make_tiny_gemma4 import (  # noqa: E402
     BYTE_TOKENS,
+    gemma4_config,
     SPECIAL_TOKENS,
     TRAINING_TEXT,
     randomize_weights,
@@ -244,28 +245,12 @@ def parameter_counts(model) -> dict:
 
 
 def build_checkpoint(out: Path) -> dict:
-    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+    from transformers import Gemma4ForConditionalGeneration
 
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer()
     ids = SPECIAL_IDS
-    config = Gemma4Config(
-        text_config=text_config(),
-        vision_config=None,
-        audio_config=None,
-        boi_token_id=ids["<|image>"],
-        eoi_token_id=ids["<image|>"],
-        image_token_id=ids["<|image|>"],
-        video_token_id=ids["<|video|>"],
-        audio_token_id=ids["<|audio|>"],
-        boa_token_id=ids["<|audio>"],
-        eoa_token_id=ids["<audio|>"],
-        eoa_token_index=ids["<audio|>"],
-        tie_word_embeddings=True,
-    )
-    config.eos_token_id = [ids["<eos>"], ids["<turn|>"]]
-    config.pad_token_id = ids["<pad>"]
-    config.bos_token_id = ids["<bos>"]
+    config = gemma4_config(text_config(), None, ids, eoa_token_index=ids["<audio|>"])
 
     torch.manual_seed(SEED)
     model = Gemma4ForConditionalGeneration(config).eval()

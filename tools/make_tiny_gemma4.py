@@ -168,8 +168,33 @@ def write_processor_configs(out: Path, patch_size: int, max_soft_tokens: int, po
         indent=2) + "\n")
 
 
+def gemma4_config(text_config, vision_config, ids: dict, **extra):
+    """The Gemma4Config of a random test model: Gemma 4's special token ids, tied embeddings,
+    no audio tower (shared with tools/make_bench_gemma4.py)."""
+    from transformers import Gemma4Config
+
+    config = Gemma4Config(
+        text_config=text_config,
+        vision_config=vision_config,
+        audio_config=None,
+        boi_token_id=ids["<|image>"],
+        eoi_token_id=ids["<image|>"],
+        image_token_id=ids["<|image|>"],
+        video_token_id=ids["<|video|>"],
+        audio_token_id=ids["<|audio|>"],
+        boa_token_id=ids["<|audio>"],
+        eoa_token_id=ids["<audio|>"],
+        tie_word_embeddings=True,
+        **extra,
+    )
+    config.eos_token_id = [ids["<eos>"], ids["<turn|>"]]
+    config.pad_token_id = ids["<pad>"]
+    config.bos_token_id = ids["<bos>"]
+    return config
+
+
 def build_checkpoint(out: Path) -> None:
-    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+    from transformers import Gemma4ForConditionalGeneration
 
     out.mkdir(parents=True, exist_ok=True)
 
@@ -217,22 +242,7 @@ def build_checkpoint(out: Path) -> None:
         position_embedding_size=256,
         rope_parameters={"rope_type": "axial", "rope_theta": 100.0},
     )
-    config = Gemma4Config(
-        text_config=text_config,
-        vision_config=vision_config,
-        audio_config=None,
-        boi_token_id=ids["<|image>"],
-        eoi_token_id=ids["<image|>"],
-        image_token_id=ids["<|image|>"],
-        video_token_id=ids["<|video|>"],
-        audio_token_id=ids["<|audio|>"],
-        boa_token_id=ids["<|audio>"],
-        eoa_token_id=ids["<audio|>"],
-        tie_word_embeddings=True,
-    )
-    config.eos_token_id = [ids["<eos>"], ids["<turn|>"]]
-    config.pad_token_id = ids["<pad>"]
-    config.bos_token_id = ids["<bos>"]
+    config = gemma4_config(text_config, vision_config, ids)
 
     torch.manual_seed(SEED)
     model = Gemma4ForConditionalGeneration(config).eval()

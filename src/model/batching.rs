@@ -154,7 +154,8 @@ impl<T: Clone> ContinuousBatch<T> {
         if joiners.is_empty() {
             return Ok(finished);
         }
-        let prefilled = prefill(model, &joiners);
+        let prompts: Vec<&Prepared> = joiners.iter().map(|(_, p, _)| p).collect();
+        let prefilled = prefill_last(model, &prompts);
         let (cache, last_logits, vocab) = match prefilled {
             Ok(p) => p,
             Err(error) => return Err(BatchError { error, tags: joiners.into_iter().map(|(t, _, _)| t).collect() }),
@@ -281,11 +282,11 @@ impl<T: Clone> ContinuousBatch<T> {
     }
 }
 
-/// Prefills joining requests as one left-padded batch; returns their cache and the logits
-/// of each row's last prompt position (`[rows, vocab]`).
-fn prefill<T>(model: &mut Gemma4, joiners: &[(T, Prepared, GenerationOptions)]) -> Result<(KvCache, Vec<f32>, usize)> {
-    let rows: Vec<&[u32]> = joiners.iter().map(|(_, p, _)| p.input_ids.as_slice()).collect();
-    let images: Vec<_> = joiners.iter().flat_map(|(_, p, _)| p.images.iter()).collect();
+/// Prefills prompts as one left-padded batch; returns their cache and the logits of each
+/// row's last prompt position (`[rows, vocab]`) with the vocabulary size.
+pub(super) fn prefill_last(model: &mut Gemma4, prompts: &[&Prepared]) -> Result<(KvCache, Vec<f32>, usize)> {
+    let rows: Vec<&[u32]> = prompts.iter().map(|p| p.input_ids.as_slice()).collect();
+    let images: Vec<_> = prompts.iter().flat_map(|p| p.images.iter()).collect();
     let batch = model.prefill_inputs(&rows, &images)?;
     let (b, len) = (batch.batch, batch.len);
     let vocab = model.config.text_config.vocab_size;

@@ -685,17 +685,7 @@ impl Gemma4 {
     /// First-step logits for one prompt (the last prompt position).
     pub fn first_step_logits(&mut self, prompt: &Prepared) -> Result<Vec<f32>> {
         self.check_fits(0, prompt.input_ids.len(), 0)?;
-        let batch = self.prefill_inputs(&[prompt.input_ids.as_slice()], &prompt.images.iter().collect::<Vec<_>>())?;
-        let len = batch.len;
-        let mut last = Vec::new();
-        self.prefill(&batch, 1, |first, logits| {
-            logits.read_f32(|shape, data| {
-                let (seq, v) = (shape[1], shape[2]);
-                if first + seq == len {
-                    last = data[(seq - 1) * v..seq * v].to_vec();
-                }
-            })
-        })?;
+        let (_, last, _) = super::batching::prefill_last(self, &[prompt])?;
         Ok(last)
     }
 }
