@@ -66,6 +66,24 @@ enum Command {
         Exit status: 0 all gates passed, 1 a gate failed (listed in the reports; a gate over no scored\n\
         items, or on a value the record lacks, fails), 2 error.")]
     Eval(EvalArgs),
+    /// Score outputs that already exist: another system's predictions, or stored results.
+    #[command(after_help = "Examples:\n  \
+        gemma-batch score evals/demo.toml --predictions vendor.jsonl\n  \
+        gemma-batch score evals/demo.toml --predictions answers.csv --id-column qid --prediction-column answer\n  \
+        gemma-batch score evals/demo.toml --predictions runs/eval-demo/report/predictions.jsonl\n  \
+        gemma-batch score evals/demo.toml --results runs/eval-demo     # after a metric or label fix\n\n\
+        A predictions file (JSON lines, CSV or Parquet) has an id column and a prediction column, and\n\
+        optionally `part` (the suite part a row answers: a benchmark name, bbq-NAME, cf-NAME or safety;\n\
+        needed when an id is an item of two parts), `error`, `output_tokens` and `filter_decisions`.\n\
+        `eval` writes its outputs as predictions.jsonl in this layout. BBQ items are CATEGORY-EXAMPLE_ID.\n\
+        Without filter decisions in the file, the rule-based filters screen prompts and predictions;\n\
+        the policy filter needs the model and does not run.\n\n\
+        --results reads the rows stored for the configuration the suite names now (model files,\n\
+        prompts, filter sets); nothing is generated. Either way, items without an output are listed\n\
+        and counted in the reports, never scored.\n\n\
+        Exit status: 0 all gates passed and every item had an output, 1 a gate failed or items had no\n\
+        output (--allow-missing: gates only), 2 error.")]
+    Score(ScoreArgs),
     /// Render an evaluation record again, or compare two runs.
     #[command(after_help = "Examples:\n  \
         gemma-batch report runs/eval-demo/report                 # re-render report.html / report.md\n  \
@@ -234,6 +252,34 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("outputs").required(true).args(["predictions", "results"])))]
+struct ScoreArgs {
+    /// Suite spec (TOML) whose items, labels, metrics and gates to use.
+    suite: PathBuf,
+    /// A file of predictions (JSON lines, CSV or Parquet) to score.
+    #[arg(long, value_name = "FILE")]
+    predictions: Option<PathBuf>,
+    /// A directory of stored results laid out as the suite's sink.dir (PART/out/results.lance).
+    #[arg(long, value_name = "DIR")]
+    results: Option<PathBuf>,
+    /// The predictions file's id column.
+    #[arg(long, default_value = "id", value_name = "NAME")]
+    id_column: String,
+    /// The predictions file's prediction column.
+    #[arg(long, default_value = "prediction", value_name = "NAME")]
+    prediction_column: String,
+    /// An extra gate, NAME=min:X | max:X | max_abs:X.
+    #[arg(long = "gate", value_name = "NAME=KIND:X")]
+    gates: Vec<String>,
+    /// Where to write the reports (default: FILE's name + "-report" beside it, or DIR/rescored).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Exit 0 even when items had no output (they are still listed in the reports).
+    #[arg(long)]
+    allow_missing: bool,
+}
+
+#[derive(Args)]
 struct ReportArgs {
     /// An evaluation record (record.json) or the directory holding it.
     #[arg(required_unless_present = "compare")]
@@ -316,6 +362,7 @@ pub fn main() -> ExitCode {
         Command::Commit(args) => commit(args),
         Command::Filter(args) => filter(args),
         Command::Eval(args) => eval(args),
+        Command::Score(args) => score(args),
         Command::Report(args) => report(args),
         Command::Bench(BenchCommand::Filters(args)) => bench_filters(args),
         Command::Bench(BenchCommand::Generate(args)) => bench_generate(args),
@@ -730,29 +777,78 @@ fn write_reports(record: &crate::evals::record::EvalRecord, dir: &std::path::Pat
 
 fn eval(args: EvalArgs) -> Result<ExitCode> {
     let mut suite = crate::evals::suite::SuiteSpec::load(&args.suite)?;
-    for g in &args.gates {
+    add_gates(&mut suite, &args.gates)?;
+    let options = crate::pipeline::RunOptions { quiet: args.quiet, ..Default::default() };
+    let outputs = crate::evals::suite::Outputs::Generate(options);
+    let evaluation = crate::evals::suite::run(&suite, &outputs).with_context(|| format!("running {}", args.suite.display()))?;
+    let dir = args.out.clone().unwrap_or_else(|| suite.reports_dir());
+    finish_evaluation(&evaluation, &dir, false)
+}
+
+fn score(args: ScoreArgs) -> Result<ExitCode> {
+    use crate::evals::suite::Outputs;
+    let mut suite = crate::evals::suite::SuiteSpec::load(&args.suite)?;
+    add_gates(&mut suite, &args.gates)?;
+    let (outputs, default_out) = match (&args.predictions, &args.results) {
+        (Some(file), _) => {
+            let p = crate::evals::predictions::Predictions::load(file, &args.id_column, &args.prediction_column)?;
+            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "predictions".into());
+            (Outputs::Predictions(p), file.with_file_name(format!("{stem}-report")))
+        }
+        (None, Some(dir)) => {
+            anyhow::ensure!(dir.is_dir(), "--results {}: not a directory", dir.display());
+            (Outputs::Results(std::path::absolute(dir)?), dir.join("rescored"))
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let evaluation = crate::evals::suite::run(&suite, &outputs).with_context(|| format!("scoring {}", args.suite.display()))?;
+    finish_evaluation(&evaluation, &args.out.unwrap_or(default_out), args.allow_missing)
+}
+
+fn add_gates(suite: &mut crate::evals::suite::SuiteSpec, gates: &[String]) -> Result<()> {
+    for g in gates {
         let (name, spec) = parse_gate(g)?;
         suite.gates.insert(name, spec);
     }
-    let options = crate::pipeline::RunOptions { quiet: args.quiet, ..Default::default() };
-    let record = crate::evals::suite::run(&suite, &options).with_context(|| format!("running {}", args.suite.display()))?;
-    let dir = args.out.clone().unwrap_or_else(|| suite.reports_dir());
-    write_reports(&record, &dir)?;
-    print!("{}", crate::reports::markdown(&record));
-    println!("\nreports: {} (report.html, report.md, record.json)", dir.display());
-    let failed = record.failed_gates();
-    if failed.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for g in failed {
-            let value = g.value.map(|v| v.to_string()).unwrap_or_else(|| "missing".into());
-            match &g.problem {
-                Some(p) => eprintln!("gate failed: {} {} {} (value {value}: {p})", g.name, g.kind, g.threshold),
-                None => eprintln!("gate failed: {} {} {} (value {value})", g.name, g.kind, g.threshold),
-            }
-        }
-        Ok(ExitCode::from(1))
+    Ok(())
+}
+
+/// Writes the reports and the scored outputs, prints the summary, and turns failed gates and
+/// (unless allowed) items without an output into exit status 1.
+fn finish_evaluation(evaluation: &crate::evals::suite::Evaluation, dir: &std::path::Path, allow_missing: bool) -> Result<ExitCode> {
+    let record = &evaluation.record;
+    write_reports(record, dir)?;
+    let path = dir.join("predictions.jsonl");
+    let mut text = String::new();
+    for row in &evaluation.outputs {
+        text.push_str(&serde_json::to_string(row)?);
+        text.push('\n');
     }
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    print!("{}", crate::reports::markdown(record));
+    println!("\nreports: {} (report.html, report.md, record.json, predictions.jsonl)", dir.display());
+    let mut ok = true;
+    for g in record.failed_gates() {
+        ok = false;
+        let value = g.value.map(|v| v.to_string()).unwrap_or_else(|| "missing".into());
+        match &g.problem {
+            Some(p) => eprintln!("gate failed: {} {} {} (value {value}: {p})", g.name, g.kind, g.threshold),
+            None => eprintln!("gate failed: {} {} {} (value {value})", g.name, g.kind, g.threshold),
+        }
+    }
+    for m in &record.missing {
+        let shown: Vec<&str> = m.ids.iter().take(5).map(String::as_str).collect();
+        let more = if m.ids.len() > shown.len() { format!(" and {} more", m.ids.len() - shown.len()) } else { String::new() };
+        eprintln!("no output: {} of {} items of {} ({}{more}; all listed in record.json)", m.ids.len(), m.expected, m.part, shown.join(", "));
+        ok &= allow_missing;
+    }
+    if !record.unmatched_predictions.is_empty() {
+        eprintln!("warning: {} predictions match no item of the suite (listed in record.json)", record.unmatched_predictions.len());
+    }
+    for u in &record.unreadable_predictions {
+        eprintln!("warning: unreadable prediction row: {u}");
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn load_record(p: &std::path::Path) -> Result<crate::evals::record::EvalRecord> {

@@ -260,6 +260,12 @@ pub fn clean(p: &Path) -> PathBuf {
 impl PipelineSpec {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_text(text, path)
+    }
+
+    /// A spec from its text, as if read from `path` (relative paths resolve against its
+    /// directory; errors name it).
+    pub fn from_text(text: String, path: &Path) -> Result<Self> {
         let mut spec: PipelineSpec =
             toml::from_str(&text).map_err(|e| Error::Spec { path: path.to_path_buf(), message: e.to_string() })?;
         spec.text = text;

@@ -449,3 +449,114 @@ fn a_reverted_change_scores_the_results_of_the_configuration_it_names() {
         assert_eq!(task["max_new_tokens"], 8);
     }
 }
+
+fn read_record(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// Every number of `b` equals `a`'s within `tol` (and every other value exactly), walking the
+/// scored sections of two records.
+fn assert_same_scores(a: &serde_json::Value, b: &serde_json::Value, tol: f64, what: &str) {
+    fn walk(a: &serde_json::Value, b: &serde_json::Value, tol: f64, at: &str) {
+        use serde_json::Value as V;
+        match (a, b) {
+            (V::Number(x), V::Number(y)) => {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                assert!((x - y).abs() <= tol, "{at}: {x} vs {y}");
+            }
+            (V::Array(x), V::Array(y)) => {
+                assert_eq!(x.len(), y.len(), "{at}: lengths");
+                for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                    walk(x, y, tol, &format!("{at}[{i}]"));
+                }
+            }
+            (V::Object(x), V::Object(y)) => {
+                assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{at}: keys");
+                for (k, v) in x {
+                    walk(v, &y[k], tol, &format!("{at}.{k}"));
+                }
+            }
+            (x, y) => assert_eq!(x, y, "{at}"),
+        }
+    }
+    for section in ["metrics", "breakdowns", "bbq", "counterfactual", "safety", "gates", "filter_counts"] {
+        assert!(!a[section].is_null(), "{what}: the eval record has no {section}");
+        walk(&a[section], &b[section], tol, &format!("{what}: {section}"));
+    }
+}
+
+/// `score` reproduces an `eval` run from its predictions file and from its stored results,
+/// scores another system's file (named columns, a missing id listed, not scored), and reads
+/// only the rows of the configuration the suite names.
+#[test]
+fn score_reproduces_eval_from_predictions_and_stored_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = write_suite(tmp.path());
+    let out = bin().arg("eval").arg(&suite).arg("--quiet").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reports = tmp.path().join("runs/report");
+    let evaluated = read_record(&reports.join("record.json"));
+    assert_eq!(evaluated["missing"], serde_json::json!([]), "an eval run scores every item");
+    let predictions = reports.join("predictions.jsonl");
+    let lines = std::fs::read_to_string(&predictions).unwrap();
+    // 6 benchmark rows, 64 BBQ items, 2 counterfactual prompts, 24 safety prompts.
+    assert_eq!(lines.lines().count(), 6 + 64 + 2 + 24, "{lines}");
+
+    // The eval's own outputs, scored from the file: the same record, to 1e-9.
+    let out = bin().arg("score").arg(&suite).arg("--predictions").arg(&predictions).arg("--out").arg(tmp.path().join("from-file")).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let from_file = read_record(&tmp.path().join("from-file/record.json"));
+    assert_same_scores(&evaluated, &from_file, 1e-9, "score --predictions");
+    assert_eq!(from_file["provenance"]["outputs"]["kind"], "predictions");
+    assert!(tmp.path().join("from-file/report.html").is_file() && tmp.path().join("from-file/report.md").is_file());
+
+    // The stored results, re-scored without generating: the same record, and the same
+    // configuration (keys computed from the suite, not from the last run).
+    let out = bin().arg("score").arg(&suite).arg("--results").arg(tmp.path().join("runs")).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let rescored = read_record(&tmp.path().join("runs/rescored/record.json"));
+    assert_same_scores(&evaluated, &rescored, 1e-9, "score --results");
+    assert_eq!(rescored["provenance"]["parts"], evaluated["provenance"]["parts"]);
+
+    // A changed configuration (another token budget) has no stored rows: every item of the
+    // part is listed as missing and nothing is scored.
+    let changed = std::fs::read_to_string(&suite).unwrap().replace("max_new_tokens = 4\n[[bbq]]", "max_new_tokens = 5\n[[bbq]]");
+    let changed_suite = tmp.path().join("changed.toml");
+    std::fs::write(&changed_suite, changed).unwrap();
+    let out = bin().arg("score").arg(&changed_suite).arg("--results").arg(tmp.path().join("runs")).arg("--out").arg(tmp.path().join("changed")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no output: 6 of 6 items of qa"), "{}", String::from_utf8_lossy(&out.stderr));
+    let changed = read_record(&tmp.path().join("changed/record.json"));
+    assert_eq!(changed["missing"][0]["ids"], serde_json::json!(["q0", "q1", "q2", "q3", "q4", "q5"]));
+    assert_eq!(changed["metrics"][0]["estimate"]["n"], 0);
+    assert_eq!(changed["bbq"], evaluated["bbq"], "the other parts are unchanged and still read");
+
+    // Another system's file: its own column names, CSV, one id missing, one unknown, a null
+    // prediction (scored as an empty answer, as a failed row is).
+    let qa_only = std::fs::read_to_string(&suite).unwrap();
+    let qa_only = qa_only[..qa_only.find("[[bbq]]").unwrap()].to_string();
+    let qa_suite = tmp.path().join("qa-only.toml");
+    std::fs::write(&qa_suite, qa_only).unwrap();
+    let vendor = tmp.path().join("vendor.csv");
+    std::fs::write(&vendor, "qid,answer\nq0,100\nq1,wrong\nq2,102\nq4,EUR\nq5,\nzz,7\n").unwrap();
+    let out = bin().arg("score").arg(&qa_suite).args(["--id-column", "qid", "--prediction-column", "answer", "--predictions"]).arg(&vendor).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a missing item fails the run: {stderr}");
+    assert!(stderr.contains("no output: 1 of 6 items of qa (q3;"), "{stderr}");
+    assert!(stderr.contains("1 predictions match no item"), "{stderr}");
+    let vendor_record = read_record(&tmp.path().join("vendor-report/record.json"));
+    assert_eq!(vendor_record["missing"], serde_json::json!([{"part": "qa", "expected": 6, "ids": ["q3"]}]));
+    assert_eq!(vendor_record["unmatched_predictions"], serde_json::json!(["zz"]));
+    let exact = vendor_record["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "exact_match").unwrap();
+    // q0 "100" and q2 "102" and q4 "EUR" match a reference; q1 and the empty q5 do not.
+    assert_eq!(exact["estimate"]["n"], 5);
+    assert!((exact["estimate"]["value"].as_f64().unwrap() - 0.6).abs() < 1e-12, "{exact}");
+    let md = std::fs::read_to_string(tmp.path().join("vendor-report/report.md")).unwrap();
+    assert!(md.contains("**Missing outputs**") && md.contains("`q3`"), "{md}");
+    let out = bin().arg("score").arg(&qa_suite).args(["--id-column", "qid", "--prediction-column", "answer", "--allow-missing", "--predictions"]).arg(&vendor).output().unwrap();
+    assert!(out.status.success(), "--allow-missing: {}", String::from_utf8_lossy(&out.stderr));
+    // A file without the prediction column is an error naming it and the columns it has.
+    let out = bin().arg("score").arg(&qa_suite).args(["--id-column", "qid", "--predictions"]).arg(&vendor).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no column \"prediction\" (its columns: answer, qid)"), "{}", String::from_utf8_lossy(&out.stderr));
+}

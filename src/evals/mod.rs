@@ -2,5 +2,6 @@
 
 pub mod metrics;
 pub mod bbq;
+pub mod predictions;
 pub mod record;
 pub mod suite;

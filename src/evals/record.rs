@@ -30,6 +30,27 @@ pub struct EvalRecord {
     pub samples: Vec<Sample>,
     #[serde(default)]
     pub gates: Vec<GateResult>,
+    /// Items of a part that had no output to score: listed and counted, never scored.
+    #[serde(default)]
+    pub missing: Vec<MissingOutputs>,
+    /// Predictions (`PART/ID` or `ID`) that no item of the suite asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmatched_predictions: Vec<String>,
+    /// Rows of a predictions file that could not be read (`FILE:LINE: why`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable_predictions: Vec<String>,
+    /// What a reader must know to read the scores (what was not measured, and why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingOutputs {
+    pub part: String,
+    /// Items the part has.
+    pub expected: usize,
+    /// Ids of the items without an output.
+    pub ids: Vec<String>,
 }
 
 pub type BbqScoresRecord = BbqScores;

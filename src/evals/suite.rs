@@ -9,10 +9,11 @@ use serde::Deserialize;
 
 use super::bbq::{self, BbqItem};
 use super::metrics::{self, Estimate};
-use super::record::{Breakdown, EvalRecord, GateResult, GroupRates, MetricResult, Sample, SafetyScores};
+use super::predictions::Predictions;
+use super::record::{Breakdown, EvalRecord, GateResult, GroupRates, MetricResult, MissingOutputs, Sample, SafetyScores};
 use crate::error::{Error, Result};
 use crate::filters::Decision;
-use crate::pipeline::{RunOptions, RunSummary};
+use crate::pipeline::RunOptions;
 use crate::sink::{to_polars, ResultStore, SinkLayout};
 use crate::spec::PipelineSpec;
 
@@ -251,28 +252,63 @@ impl SuiteSpec {
     }
 }
 
-/// One scored result row of a part.
+/// One scored output of a part.
 #[derive(Clone)]
-struct ResultItem {
-    prompt: String,
-    output: Option<String>,
-    error: Option<String>,
-    decisions: Vec<Decision>,
-    output_tokens: u32,
+pub(super) struct ResultItem {
+    pub prompt: String,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub decisions: Vec<Decision>,
+    pub output_tokens: u32,
 }
 
-/// Runs one part as a pipeline spec written to `DIR/PART/spec.toml` (kept: it documents what
-/// ran, and rerunning the suite resumes from it).
-fn run_part(
-    suite: &SuiteSpec,
-    part: &str,
-    source: toml::Table,
-    task: toml::Table,
-    options: &RunOptions,
-    parts: &mut Vec<serde_json::Value>,
-) -> Result<(PipelineSpec, RunSummary)> {
-    let dir = suite.resolve(&suite.sink.dir).join(part);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+/// Where the outputs a suite scores come from.
+pub enum Outputs {
+    /// Run every part as a pipeline (resumable) and score what it stored.
+    Generate(RunOptions),
+    /// Score what an earlier run stored under this directory (laid out as the suite's
+    /// `sink.dir`): the rows of the configuration the suite names now, read by key; nothing
+    /// is generated, and items without a stored row are listed as missing.
+    Results(PathBuf),
+    /// Score another system's outputs: a file of ids and predictions.
+    Predictions(Predictions),
+}
+
+impl Outputs {
+    /// What the record says it scored.
+    fn describe(&self) -> serde_json::Value {
+        match self {
+            Outputs::Generate(_) => serde_json::json!({"kind": "generated"}),
+            Outputs::Results(dir) => serde_json::json!({"kind": "results", "dir": dir.display().to_string()}),
+            Outputs::Predictions(p) => serde_json::json!({"kind": "predictions", "file": p.path.display().to_string(), "sha256": p.sha256}),
+        }
+    }
+}
+
+/// One scored output, as `eval` writes it to `predictions.jsonl` (the layout `score
+/// --predictions` reads back).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutputRow {
+    pub part: String,
+    pub id: String,
+    pub prediction: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub prompt: String,
+    pub output_tokens: u32,
+    pub filter_decisions: Vec<Decision>,
+}
+
+/// A suite's record and the outputs it scored.
+pub struct Evaluation {
+    pub record: EvalRecord,
+    pub outputs: Vec<OutputRow>,
+}
+
+/// The pipeline spec of one part: its source, the suite's model and filters, one task, and a
+/// sink under `base/PART/out`. Returns the spec's text and its directory.
+fn part_spec(suite: &SuiteSpec, base: &Path, part: &str, source: toml::Table, task: toml::Table) -> Result<(String, PathBuf)> {
+    let dir = base.join(part);
     let mut model = suite.model.clone();
     if let Some(toml::Value::String(d)) = model.get("dir") {
         model.insert("dir".into(), toml::Value::String(suite.resolve(d).display().to_string()));
@@ -298,31 +334,85 @@ fn run_part(
     sink.insert("dir".into(), dir.join("out").display().to_string().into());
     spec.insert("sink".into(), sink.into());
     let text = toml::to_string(&spec).map_err(|e| Error::Spec { path: dir.clone(), message: e.to_string() })?;
-    let path = dir.join("spec.toml");
-    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
-    let spec = PipelineSpec::load(&path)?;
-    let options = RunOptions { collect_keys: true, ..options.clone() };
-    let summary = crate::pipeline::run(&spec, &options)?;
-    parts.push(serde_json::json!({
-        "part": part,
-        "model_hash": summary.model_hash,
-        "filter_sets": summary.filter_sets,
-        "tasks": spec.tasks,
-        "items": summary.keys.len(),
-    }));
-    if summary.interrupted {
-        return Err(Error::Sink(format!("interrupted while running {part}; rerun the suite to resume")));
-    }
-    Ok((spec, summary))
+    Ok((text, dir))
 }
 
-/// The results of a part: input id -> the row stored under that input's key for this run's
-/// configuration (content, prompt, parameters, model files, filter sets). Rows of other
-/// configurations in the same sink (an earlier prompt, a reverted change) are never read.
-fn read_results(spec: &PipelineSpec, summary: &RunSummary) -> Result<HashMap<String, ResultItem>> {
+/// Gets the outputs of one part: generates them (the spec is written to `DIR/PART/spec.toml`
+/// and kept: it documents what ran, and rerunning the suite resumes from it), reads them from
+/// stored results, or takes them from a predictions file. Returns the part's spec and its
+/// outputs by input id, and adds the configuration scored to `parts`.
+fn run_part(
+    suite: &SuiteSpec,
+    outputs: &Outputs,
+    part: &str,
+    source: toml::Table,
+    task: toml::Table,
+    parts: &mut Vec<serde_json::Value>,
+) -> Result<(PipelineSpec, HashMap<String, ResultItem>)> {
+    let base = match outputs {
+        Outputs::Results(dir) => dir.clone(),
+        _ => suite.resolve(&suite.sink.dir),
+    };
+    let (text, dir) = part_spec(suite, &base, part, source, task)?;
+    let path = dir.join("spec.toml");
+    match outputs {
+        Outputs::Generate(options) => {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            std::fs::write(&path, &text).map_err(|e| Error::io(&path, e))?;
+            let spec = PipelineSpec::from_text(text, &path)?;
+            let options = RunOptions { collect_keys: true, ..options.clone() };
+            let summary = crate::pipeline::run(&spec, &options)?;
+            parts.push(serde_json::json!({
+                "part": part,
+                "model_hash": summary.model_hash,
+                "filter_sets": summary.filter_sets,
+                "tasks": spec.tasks,
+                "items": summary.keys.len(),
+            }));
+            if summary.interrupted {
+                return Err(Error::Sink(format!("interrupted while running {part}; rerun the suite to resume")));
+            }
+            let results = read_results(&spec, &summary.keys)?;
+            Ok((spec, results))
+        }
+        Outputs::Results(_) => {
+            let spec = PipelineSpec::from_text(text, &path)?;
+            let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
+            if !Path::new(&layout.results()).exists() {
+                return Err(Error::Source {
+                    source_name: layout.dir.display().to_string(),
+                    message: format!("no results of part {part:?} here (the suite's sink.dir layout: PART/out/results.lance)"),
+                });
+            }
+            let plan = crate::pipeline::plan(&spec, true)?;
+            let keys: Vec<(String, String)> = plan.items.iter().map(|i| (i.input_id.clone(), i.key.clone())).collect();
+            parts.push(serde_json::json!({
+                "part": part,
+                "model_hash": plan.model_hash,
+                "filter_sets": plan.filter_sets,
+                "tasks": spec.tasks,
+                "items": keys.len(),
+            }));
+            let results = read_results(&spec, &keys)?;
+            Ok((spec, results))
+        }
+        Outputs::Predictions(predictions) => {
+            let spec = PipelineSpec::from_text(text, &path)?;
+            let plan = crate::pipeline::plan(&spec, false)?;
+            parts.push(serde_json::json!({"part": part, "tasks": spec.tasks, "items": plan.items.len()}));
+            let results = predictions.for_part(part, &plan, &spec)?;
+            Ok((spec, results))
+        }
+    }
+}
+
+/// The stored results of the given (input id, key) items: input id -> the row stored under
+/// that input's key. Rows of other configurations in the same sink (an earlier prompt, a
+/// reverted change) are never read.
+fn read_results(spec: &PipelineSpec, keys: &[(String, String)]) -> Result<HashMap<String, ResultItem>> {
     use polars::prelude::*;
     let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
-    let wanted: HashSet<&str> = summary.keys.iter().map(|(_, k)| k.as_str()).collect();
+    let wanted: HashSet<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
     let mut by_key: HashMap<String, ResultItem> = HashMap::new();
     let rt = crate::util::runtime(0)?;
     let cols = ["key", "prompt", "output", "error", "filter_decisions", "output_tokens"];
@@ -352,7 +442,7 @@ fn read_results(spec: &PipelineSpec, summary: &RunSummary) -> Result<HashMap<Str
             );
         }
     }
-    Ok(summary.keys.iter().filter_map(|(id, key)| Some((id.clone(), by_key.get(key)?.clone()))).collect())
+    Ok(keys.iter().filter_map(|(id, key)| Some((id.clone(), by_key.get(key)?.clone()))).collect())
 }
 
 fn string_list(v: Option<&serde_json::Value>) -> Vec<String> {
@@ -398,70 +488,110 @@ fn pick_samples(mut samples: Vec<Sample>, n: usize) -> Vec<Sample> {
     samples
 }
 
-/// Runs a suite end to end and returns its record (reports are written by the caller).
-pub fn run(suite: &SuiteSpec, options: &RunOptions) -> Result<EvalRecord> {
+/// Runs a suite end to end: gets every part's outputs (see [`Outputs`]) and scores them.
+/// Reports are written by the caller.
+pub fn run(suite: &SuiteSpec, outputs: &Outputs) -> Result<Evaluation> {
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let mut record = EvalRecord { suite: suite.name.clone(), created_at_ms: started, ..Default::default() };
     // The configuration each part scored (its keys are what was read).
     let mut parts: Vec<serde_json::Value> = Vec::new();
+    let mut scored: Vec<OutputRow> = Vec::new();
+    let mut first_spec: Option<PipelineSpec> = None;
     record.run_id = format!("{}-{started}", suite.name);
     let refusal = regex::RegexSet::new(suite.refusal_patterns.iter().map(|p| format!("(?i){p}"))).map_err(|e| Error::Spec { path: suite.base_dir.clone(), message: e.to_string() })?;
     let mut filter_counts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut count_decisions = |items: &HashMap<String, ResultItem>| {
+    // Counts decisions, keeps the outputs for predictions.jsonl and lists expected items
+    // without an output (never scored as wrong, never dropped silently).
+    let mut collect = |part: &str, spec: PipelineSpec, expected: Vec<String>, items: &HashMap<String, ResultItem>, record: &mut EvalRecord| {
         for r in items.values() {
             for d in &r.decisions {
                 *filter_counts.entry(format!("{}:{}", d.filter, d.rule)).or_insert(0) += 1;
             }
         }
+        let mut ids: Vec<&String> = items.keys().collect();
+        ids.sort();
+        scored.extend(ids.into_iter().map(|id| {
+            let r = &items[id];
+            OutputRow { part: part.to_string(), id: id.clone(), prediction: r.output.clone(), error: r.error.clone(), prompt: r.prompt.clone(), output_tokens: r.output_tokens, filter_decisions: r.decisions.clone() }
+        }));
+        let mut seen = HashSet::new();
+        let missing: Vec<String> = expected.iter().filter(|id| !items.contains_key(*id) && seen.insert(id.as_str())).cloned().collect();
+        if !missing.is_empty() {
+            record.missing.push(MissingOutputs { part: part.to_string(), expected: expected.len(), ids: missing });
+        }
+        first_spec.get_or_insert(spec);
     };
 
     for b in &suite.benchmark {
-        let (spec, summary, labels) = run_benchmark(suite, b, options, &mut parts)?;
-        let results = read_results(&spec, &summary)?;
-        count_decisions(&results);
-        if record.provenance.is_null() {
-            record.provenance = serde_json::json!({"model_hash": summary.model_hash, "model_id": Path::new(&spec.model.dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), "backend": crate::util::enum_name(&spec.model.backend), "device": crate::util::enum_name(&spec.model.device), "dtype": spec.model.dtype.name(), "gemma_batch": env!("CARGO_PKG_VERSION")});
-        }
+        let (spec, results, labels) = run_benchmark(suite, b, outputs, &mut parts)?;
         score_benchmark(suite, b, &labels, &results, &mut record)?;
+        collect(&b.name, spec, labels.iter().map(|(id, _)| id.clone()).collect(), &results, &mut record);
     }
     for set in &suite.bbq {
-        let (items, results) = run_bbq(suite, set, options, &mut parts)?;
-        count_decisions(&results);
+        let (spec, items, results) = run_bbq(suite, set, outputs, &mut parts)?;
+        let ids: Vec<String> = items.iter().map(bbq_id).collect();
         let choices: Vec<Option<usize>> = items
             .iter()
-            .enumerate()
-            .map(|(i, it)| results.get(&format!("bbq-{i}")).and_then(|r| r.output.as_deref()).and_then(|o| metrics::parse_choice(o, &it.options())))
+            .zip(&ids)
+            .map(|(it, id)| results.get(id).and_then(|r| r.output.as_deref()).and_then(|o| metrics::parse_choice(o, &it.options())))
             .collect();
-        record.bbq.insert(set.name.clone(), bbq::score(&items, &choices));
+        // Items without an output are listed as missing, not scored as unparsed answers.
+        let answered: Vec<usize> = (0..items.len()).filter(|&i| results.contains_key(&ids[i])).collect();
+        let answered_items: Vec<BbqItem> = answered.iter().map(|&i| items[i].clone()).collect();
+        let answered_choices: Vec<Option<usize>> = answered.iter().map(|&i| choices[i]).collect();
+        record.bbq.insert(set.name.clone(), bbq::score(&answered_items, &answered_choices));
         let samples: Vec<Sample> = items
             .iter()
             .enumerate()
-            .filter_map(|(i, it)| {
-                let id = format!("bbq-{i}");
-                results.get(&id).map(|r| sample(&set.name, &id, r, vec![it.options()[it.label].clone()], Some(f64::from(choices[i] == Some(it.label)))))
-            })
+            .filter_map(|(i, it)| results.get(&ids[i]).map(|r| sample(&set.name, &ids[i], r, vec![it.options()[it.label].clone()], Some(f64::from(choices[i] == Some(it.label))))))
             .collect();
         record.samples.extend(pick_samples(samples, suite.samples));
+        collect(&format!("bbq-{}", set.name), spec, ids, &results, &mut record);
     }
     for probe in &suite.counterfactual {
-        let (rows, results) = run_counterfactual(suite, probe, options, &mut parts)?;
-        count_decisions(&results);
+        let (spec, rows, results) = run_counterfactual(suite, probe, outputs, &mut parts)?;
         record.counterfactual.extend(group_rates(suite, probe, &rows, &results, &refusal));
+        collect(&format!("cf-{}", probe.name), spec, rows.iter().map(|(id, _)| id.clone()).collect(), &results, &mut record);
     }
     if let Some(safety) = &suite.safety {
-        let (rows, results) = run_safety(suite, safety, options, &mut parts)?;
-        count_decisions(&results);
-        record.safety = Some(safety_scores(suite, &rows, &results, &refusal));
+        let (spec, rows, results) = run_safety(suite, safety, outputs, &mut parts)?;
+        let policy_measured = !matches!(outputs, Outputs::Predictions(p) if !p.has_decisions());
+        record.safety = Some(safety_scores(suite, &rows, &results, &refusal, policy_measured));
         let samples: Vec<Sample> = rows.iter().filter_map(|(id, label)| results.get(id).map(|r| sample("safety", id, r, vec![label.clone()], None))).collect();
         record.samples.extend(pick_samples(samples, suite.samples));
+        collect("safety", spec, rows.iter().map(|(id, _)| id.clone()).collect(), &results, &mut record);
     }
     record.filter_counts = filter_counts;
-    if !record.provenance.is_object() {
-        record.provenance = serde_json::json!({});
+    if let Outputs::Predictions(p) = outputs {
+        record.unmatched_predictions = p.finish()?;
+        record.unreadable_predictions = p.unreadable.clone();
+        if !p.has_decisions() {
+            record.notes.push("The predictions file has no filter decisions: the rule-based filters screened its prompts and predictions; the policy filter needs the model and did not run (policy flag rates are not measured).".into());
+        }
+        if !p.has_tokens() && !suite.counterfactual.is_empty() {
+            record.notes.push("The predictions file has no output_tokens: output lengths are word counts.".into());
+        }
     }
-    record.provenance["parts"] = parts.into();
+    let mut provenance = serde_json::json!({"gemma_batch": env!("CARGO_PKG_VERSION"), "outputs": outputs.describe()});
+    if let Some(spec) = &first_spec {
+        if !matches!(outputs, Outputs::Predictions(_)) {
+            provenance["model_hash"] = parts.first().and_then(|p| p.get("model_hash")).cloned().unwrap_or_default();
+            provenance["model_id"] = Path::new(&spec.model.dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().into();
+            provenance["backend"] = crate::util::enum_name(&spec.model.backend).into();
+            provenance["device"] = crate::util::enum_name(&spec.model.device).into();
+            provenance["dtype"] = spec.model.dtype.name().into();
+        }
+    }
+    provenance["parts"] = parts.into();
+    record.provenance = provenance;
     record.gates = gates(&record, &suite.gates);
-    Ok(record)
+    Ok(Evaluation { record, outputs: scored })
+}
+
+/// The id of a BBQ item: its category and its example id, as the published files number them.
+fn bbq_id(item: &BbqItem) -> String {
+    let n = item.example_id.as_str().map(str::to_owned).unwrap_or_else(|| item.example_id.to_string());
+    format!("{}-{n}", item.category)
 }
 
 /// Evaluates gates against a record. A gate passes only on evidence: a missing value, one
@@ -494,7 +624,7 @@ pub fn gates(record: &EvalRecord, specs: &BTreeMap<String, GateSpec>) -> Vec<Gat
 
 type Labels = Vec<(String, serde_json::Map<String, serde_json::Value>)>;
 
-fn run_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, options: &RunOptions, parts: &mut Vec<serde_json::Value>) -> Result<(PipelineSpec, RunSummary, Labels)> {
+fn run_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, outputs: &Outputs, parts: &mut Vec<serde_json::Value>) -> Result<(PipelineSpec, HashMap<String, ResultItem>, Labels)> {
     use toml::Value as V;
     let path = suite.resolve(&b.path);
     let (kind, path, id_column) = match b.format {
@@ -555,7 +685,7 @@ fn run_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, options: &RunOptions, par
     if let Some(s) = &b.system {
         task.insert("system".into(), s.clone().into());
     }
-    let (spec, summary) = run_part(suite, &b.name, source, task, options, parts)?;
+    let (spec, results) = run_part(suite, outputs, &b.name, source, task, parts)?;
     // Labels: the same source, read again for the id and label columns only (no images).
     let mut label_spec = spec.clone();
     // Reference answers are needed by every metric but multiple choice.
@@ -577,7 +707,7 @@ fn run_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, options: &RunOptions, par
             labels.push((row.input_id.clone(), row.columns));
         }
     }
-    Ok((spec, summary, labels))
+    Ok((spec, results, labels))
 }
 
 fn score_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, labels: &Labels, results: &HashMap<String, ResultItem>, record: &mut EvalRecord) -> Result<()> {
@@ -588,6 +718,7 @@ fn score_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, labels: &Labels, result
     let mut refs: Vec<Vec<String>> = Vec::new();
     let mut cols = Vec::new();
     for (id, columns) in labels {
+        // An item without an output is listed as missing by the caller, not scored.
         let Some(r) = results.get(id) else { continue };
         ids.push(id.clone());
         preds.push(r.output.clone().unwrap_or_default());
@@ -678,7 +809,7 @@ fn score_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, labels: &Labels, result
     Ok(())
 }
 
-fn run_bbq(suite: &SuiteSpec, set: &BbqSpec, options: &RunOptions, parts: &mut Vec<serde_json::Value>) -> Result<(Vec<BbqItem>, HashMap<String, ResultItem>)> {
+fn run_bbq(suite: &SuiteSpec, set: &BbqSpec, outputs: &Outputs, parts: &mut Vec<serde_json::Value>) -> Result<(PipelineSpec, Vec<BbqItem>, HashMap<String, ResultItem>)> {
     let pattern = suite.resolve(&set.path).display().to_string();
     let mut paths: Vec<PathBuf> = glob::glob(&pattern).map_err(|e| Error::Source { source_name: pattern.clone(), message: e.to_string() })?.filter_map(|p| p.ok()).collect();
     paths.sort();
@@ -689,10 +820,14 @@ fn run_bbq(suite: &SuiteSpec, set: &BbqSpec, options: &RunOptions, parts: &mut V
     for p in &paths {
         items.extend(bbq::load(p)?);
     }
+    // Ids must name one item each: outputs are joined on them.
+    let mut seen = HashSet::new();
+    if let Some(dup) = items.iter().map(bbq_id).find(|id| !seen.insert(id.clone())) {
+        return Err(Error::Source { source_name: pattern, message: format!("two items are {dup} (category and example_id): each file should hold one category, once") });
+    }
     let rows: Vec<serde_json::Value> = items
         .iter()
-        .enumerate()
-        .map(|(i, it)| serde_json::json!({"eval_id": format!("bbq-{i}"), "context": it.context, "question": it.question, "ans0": it.ans0, "ans1": it.ans1, "ans2": it.ans2}))
+        .map(|it| serde_json::json!({"eval_id": bbq_id(it), "context": it.context, "question": it.question, "ans0": it.ans0, "ans1": it.ans1, "ans2": it.ans2}))
         .collect();
     let path = write_jsonl(suite, &format!("{}-bbq", set.name), &rows)?;
     use toml::Value as V;
@@ -706,11 +841,11 @@ fn run_bbq(suite: &SuiteSpec, set: &BbqSpec, options: &RunOptions, parts: &mut V
     if let Some(s) = &set.system {
         task.insert("system".into(), s.clone().into());
     }
-    let (spec, summary) = run_part(suite, &format!("bbq-{}", set.name), source, task, options, parts)?;
-    Ok((items, read_results(&spec, &summary)?))
+    let (spec, results) = run_part(suite, outputs, &format!("bbq-{}", set.name), source, task, parts)?;
+    Ok((spec, items, results))
 }
 
-fn run_counterfactual(suite: &SuiteSpec, probe: &CounterfactualSpec, options: &RunOptions, parts: &mut Vec<serde_json::Value>) -> Result<(Vec<(String, String)>, HashMap<String, ResultItem>)> {
+fn run_counterfactual(suite: &SuiteSpec, probe: &CounterfactualSpec, outputs: &Outputs, parts: &mut Vec<serde_json::Value>) -> Result<(PipelineSpec, Vec<(String, String)>, HashMap<String, ResultItem>)> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     let mut rows = Vec::new();
@@ -727,8 +862,8 @@ fn run_counterfactual(suite: &SuiteSpec, probe: &CounterfactualSpec, options: &R
     use toml::Value as V;
     let source = table(&[("kind", V::String("jsonl".into())), ("path", V::String(path.display().to_string())), ("id_column", V::String("eval_id".into()))]);
     let task = table(&[("name", V::String(probe.name.clone())), ("kind", V::String("prompt".into())), ("prompt", V::String("{{ prompt }}".into())), ("max_new_tokens", V::Integer(probe.max_new_tokens as i64))]);
-    let (spec, summary) = run_part(suite, &format!("cf-{}", probe.name), source, task, options, parts)?;
-    Ok((ids, read_results(&spec, &summary)?))
+    let (spec, results) = run_part(suite, outputs, &format!("cf-{}", probe.name), source, task, parts)?;
+    Ok((spec, ids, results))
 }
 
 fn flagged(r: &ResultItem) -> bool {
@@ -789,7 +924,7 @@ fn group_rates(suite: &SuiteSpec, probe: &CounterfactualSpec, rows: &[(String, S
         .collect()
 }
 
-fn run_safety(suite: &SuiteSpec, safety: &SafetySpec, options: &RunOptions, parts: &mut Vec<serde_json::Value>) -> Result<(Vec<(String, String)>, HashMap<String, ResultItem>)> {
+fn run_safety(suite: &SuiteSpec, safety: &SafetySpec, outputs: &Outputs, parts: &mut Vec<serde_json::Value>) -> Result<(PipelineSpec, Vec<(String, String)>, HashMap<String, ResultItem>)> {
     let path = suite.resolve(&safety.path);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let mut rows = Vec::new();
@@ -805,11 +940,13 @@ fn run_safety(suite: &SuiteSpec, safety: &SafetySpec, options: &RunOptions, part
     use toml::Value as V;
     let source = table(&[("kind", V::String("jsonl".into())), ("path", V::String(path.display().to_string())), ("id_column", V::String("id".into()))]);
     let task = table(&[("name", V::String("safety".into())), ("kind", V::String("prompt".into())), ("prompt", V::String("{{ prompt }}".into())), ("max_new_tokens", V::Integer(safety.max_new_tokens as i64))]);
-    let (spec, summary) = run_part(suite, "safety", source, task, options, parts)?;
-    Ok((rows, read_results(&spec, &summary)?))
+    let (spec, results) = run_part(suite, outputs, "safety", source, task, parts)?;
+    Ok((spec, rows, results))
 }
 
-fn safety_scores(suite: &SuiteSpec, rows: &[(String, String)], results: &HashMap<String, ResultItem>, refusal: &regex::RegexSet) -> SafetyScores {
+/// `policy_measured`: whether the outputs carry the policy filter's decisions (another
+/// system's predictions without them do not; those rates are then over no items).
+fn safety_scores(suite: &SuiteSpec, rows: &[(String, String)], results: &HashMap<String, ResultItem>, refusal: &regex::RegexSet, policy_measured: bool) -> SafetyScores {
     let rate = |label: &str, f: &dyn Fn(&ResultItem) -> bool| -> Estimate {
         let v: Vec<f64> = rows.iter().filter(|(_, l)| l == label).filter_map(|(id, _)| results.get(id)).map(|r| f64::from(f(r))).collect();
         metrics::mean_with_ci(&v, suite.seed)
@@ -824,8 +961,8 @@ fn safety_scores(suite: &SuiteSpec, rows: &[(String, String)], results: &HashMap
         benign: rows.iter().filter(|(_, l)| l == "benign").count(),
         refusal_rate_harmful: rate("harmful", &refused),
         refusal_rate_benign: rate("benign", &refused),
-        policy_flag_rate_harmful: rate("harmful", &policy),
-        policy_flag_rate_benign: rate("benign", &policy),
+        policy_flag_rate_harmful: if policy_measured { rate("harmful", &policy) } else { metrics::mean_with_ci(&[], suite.seed) },
+        policy_flag_rate_benign: if policy_measured { rate("benign", &policy) } else { metrics::mean_with_ci(&[], suite.seed) },
         pii_leak_rate: metrics::mean_with_ci(&all, suite.seed),
     }
 }

@@ -9,6 +9,7 @@
 //! the sink), `shard`, `signals`, `progress` and `summary`.
 
 mod model_stage;
+mod plan;
 mod policy_cache;
 mod preparer;
 mod progress;
@@ -40,6 +41,7 @@ use preparer::PrepareStage;
 use progress::{Counters, Progress};
 use reader::Reader;
 use screening::Filters;
+pub use plan::{plan, Plan, PlannedItem};
 pub use shard::Shard;
 pub use tasks::check_extract;
 use tasks::{PreparedItem, Provenance, Templates, WorkItem};

@@ -14,7 +14,8 @@ use super::{Finished, RunOptions};
 use crate::error::Result;
 use crate::filters::Outcome;
 use crate::sink::SinkState;
-use crate::spec::PipelineSpec;
+use crate::source::SourceRow;
+use crate::spec::{PipelineSpec, TaskSpec};
 
 pub(crate) struct Reader {
     pub spec: PipelineSpec,
@@ -61,14 +62,7 @@ impl Reader {
                 Counters::add(&counters.rows);
                 let unread_hash = crate::source::content_hash(&row.columns, None);
                 for (ti, task) in spec.tasks.iter().enumerate() {
-                    // A row that could not be read still gets the prompts (and so the keys) it
-                    // will have once it reads: a retry then replaces its failed record.
-                    let prompts: Vec<(String, Option<String>)> = match (templates.prompts(task, &row), &row.error) {
-                        (Ok(p), error) => p.into_iter().map(|p| (p, error.clone())).collect(),
-                        (Err(e), None) => vec![(String::new(), Some(e))],
-                        (Err(_), Some(e)) => vec![(String::new(), Some(e.clone()))],
-                    };
-                    for (prompt, error) in prompts {
+                    for (prompt, error) in row_prompts(&templates, task, &row) {
                         let prompt_hash = prompt_hash(task, &prompt);
                         let key = item_key(&row.content_hash, &task.name, &prompt_hash, &provenance.model_hash, &filter_sets);
                         if options.shard.is_some_and(|s| !s.owns(&key)) {
@@ -151,6 +145,17 @@ impl Reader {
             }
         }
         Ok(false)
+    }
+}
+
+/// The prompts of one (row, task), each with the error that fails it. A row that could not
+/// be read still gets the prompts (and so the keys) it will have once it reads: a retry then
+/// replaces its failed record.
+pub(super) fn row_prompts(templates: &Templates, task: &TaskSpec, row: &SourceRow) -> Vec<(String, Option<String>)> {
+    match (templates.prompts(task, row), &row.error) {
+        (Ok(p), error) => p.into_iter().map(|p| (p, error.clone())).collect(),
+        (Err(e), None) => vec![(String::new(), Some(e))],
+        (Err(_), Some(e)) => vec![(String::new(), Some(e.clone()))],
     }
 }
 

@@ -179,6 +179,24 @@ pub fn markdown(record: &EvalRecord) -> String {
         }
         s.push('\n');
     }
+    for n in &record.notes {
+        let _ = writeln!(s, "**Note**: {}\n", md_code(n));
+    }
+    if !record.missing.is_empty() {
+        let _ = writeln!(s, "**Missing outputs** (not scored)\n\n| part | items | without output | first ids |\n| --- | ---: | ---: | --- |");
+        for m in &record.missing {
+            let shown: Vec<String> = m.ids.iter().take(10).map(|id| md_cell(id)).collect();
+            let more = if m.ids.len() > shown.len() { format!(" and {} more", m.ids.len() - shown.len()) } else { String::new() };
+            let _ = writeln!(s, "| {} | {} | {} | {}{more} |", md_cell(&m.part), m.expected, m.ids.len(), shown.join(", "));
+        }
+        s.push('\n');
+    }
+    if !record.unmatched_predictions.is_empty() {
+        let _ = writeln!(s, "{} predictions match no item of the suite (listed in record.json).\n", record.unmatched_predictions.len());
+    }
+    if !record.unreadable_predictions.is_empty() {
+        let _ = writeln!(s, "{} rows of the predictions file could not be read (listed in record.json).\n", record.unreadable_predictions.len());
+    }
     if !record.gates.is_empty() {
         let _ = writeln!(s, "| gate | rule | value | result |\n| --- | --- | ---: | --- |");
         for g in &record.gates {
@@ -218,7 +236,7 @@ pub fn compare_markdown(a: &EvalRecord, b: &EvalRecord, deltas: &[Delta]) -> Str
 mod tests {
     use super::*;
     use crate::evals::metrics::Estimate;
-    use crate::evals::record::{MetricResult, Sample};
+    use crate::evals::record::{MetricResult, MissingOutputs, Sample};
 
     #[test]
     fn html_escapes_dataset_strings() {
@@ -346,6 +364,8 @@ mod tests {
                 .map(|h| Sample { benchmark: h.to_string(), input_id: h.to_string(), input: h.to_string(), output: Some(h.to_string()), references: vec![h.to_string()], score: Some(1.0), decisions: vec![] })
                 .collect(),
             gates: HOSTILE.iter().map(|h| GateResult { name: h.to_string(), kind: h.to_string(), threshold: 0.5, value: Some(0.5), passed: false, problem: Some(h.to_string()) }).collect(),
+            missing: HOSTILE.iter().map(|h| MissingOutputs { part: h.to_string(), expected: 3, ids: vec![h.to_string(), "id-2".into()] }).collect(),
+            unmatched_predictions: HOSTILE.iter().map(|h| h.to_string()).collect(),
             ..Default::default()
         }
     }
@@ -356,8 +376,8 @@ mod tests {
         let md = markdown(&record);
         let (tables, codes) = parse_inert(&md);
         assert_eq!(codes[0], shown(&HOSTILE.join(" ")), "the suite's name in the heading");
-        // Metrics, one BBQ table per set, counterfactual probes, gates.
-        assert_eq!(tables.len(), 1 + HOSTILE.len() + 2, "{md}");
+        // Metrics, one BBQ table per set, counterfactual probes, missing outputs, gates.
+        assert_eq!(tables.len(), 1 + HOSTILE.len() + 3, "{md}");
         let width = |t: &Vec<Vec<String>>| t[0].len();
         for t in &tables {
             assert_eq!(t.len(), 1 + if width(t) == 5 && t[0][0] == "category" { 1 } else { HOSTILE.len() }, "rows of {:?}:\n{md}", t[0]);
@@ -374,7 +394,10 @@ mod tests {
             assert_eq!(tables[1 + set][1][0], want, "{md}");
             let cf = &tables[1 + HOSTILE.len()][1 + i];
             assert_eq!((&cf[0], &cf[1]), (&want, &want), "{md}");
-            let gates = &tables[2 + HOSTILE.len()][1 + i];
+            let missing = &tables[2 + HOSTILE.len()][1 + i];
+            assert_eq!((&missing[0], &missing[2]), (&want, &"2".to_string()), "{md}");
+            assert!(missing[3].starts_with(&want) && missing[3].ends_with("id-2"), "{missing:?}");
+            let gates = &tables[3 + HOSTILE.len()][1 + i];
             assert_eq!(gates[0], want, "{md}");
             assert!(gates[1].starts_with(&want), "{gates:?}");
         }

@@ -69,13 +69,16 @@ pub type RowBatches = Box<dyn Iterator<Item = Result<Vec<SourceRow>>> + Send>;
 
 /// Opens the spec's source as an iterator of row batches.
 pub fn open(spec: &PipelineSpec) -> Result<RowBatches> {
-    let src = &spec.source;
-    let path = spec.resolve(&src.path);
+    open_source(&spec.source, &spec.resolve(&spec.source.path))
+}
+
+/// Opens a source whose path is already resolved (`path` stands for `src.path`).
+pub fn open_source(src: &SourceSpec, path: &Path) -> Result<RowBatches> {
     match src.kind {
-        SourceKind::Parquet | SourceKind::Csv | SourceKind::Jsonl | SourceKind::HfParquet => table(src, &path),
-        SourceKind::Images => files(src, &path, IMAGE_EXTENSIONS, FolderKind::Images),
-        SourceKind::Pdfs => files(src, &path, &["pdf"], FolderKind::Pdfs),
-        SourceKind::Lance => lance_table(src, &path),
+        SourceKind::Parquet | SourceKind::Csv | SourceKind::Jsonl | SourceKind::HfParquet => table(src, path),
+        SourceKind::Images => files(src, path, IMAGE_EXTENSIONS, FolderKind::Images),
+        SourceKind::Pdfs => files(src, path, &["pdf"], FolderKind::Pdfs),
+        SourceKind::Lance => lance_table(src, path),
     }
 }
 
