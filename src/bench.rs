@@ -158,3 +158,79 @@ pub fn generation(
         outputs: bench.outputs,
     })
 }
+
+/// Read times of one results table before and after compaction.
+pub struct CompactionTiming {
+    pub rows: usize,
+    pub commits: usize,
+    pub fragments_before: usize,
+    pub fragments_after: usize,
+    /// Best full-table read time, seconds.
+    pub read_before: f64,
+    pub read_after: f64,
+    /// The same table written in one commit, for reference.
+    pub read_single_commit: f64,
+}
+
+/// Builds a results table of `rows` synthetic rows in `commits` commits (as a nightly run
+/// that many times would), times a full read (best of `repeats`), compacts it and times the
+/// read again; also times the same rows written in one commit. Tables go under `dir`.
+pub fn compaction(dir: &std::path::Path, rows: usize, commits: usize, repeats: usize) -> crate::Result<CompactionTiming> {
+    use crate::sink::{ResultRow, ResultStore};
+    let make = |i: usize| ResultRow {
+        key: crate::util::hash_text(&["bench", &i.to_string()]),
+        input_id: format!("row-{i:06}"),
+        content_hash: crate::util::hash_text(&["content", &i.to_string()]),
+        task: "qa".into(),
+        prompt_hash: "p".into(),
+        prompt: format!("What is the total of invoice {i}?"),
+        output: Some(format!("The total of invoice {i} is {}.{:02} EUR.", i * 7 % 1000, i % 100)),
+        finish_reason: Some("stop".into()),
+        prompt_tokens: Some(24),
+        output_tokens: Some(12),
+        attempts: 1,
+        run_id: format!("run-{}", i * commits / rows.max(1)),
+        backend: "ort".into(),
+        device: "cpu".into(),
+        dtype: "fp32".into(),
+        model_id: "bench".into(),
+        model_hash: "h".into(),
+        created_at_ms: i as i64,
+        ..Default::default()
+    };
+    let rt = crate::util::runtime(0)?;
+    let time_read = |store: &ResultStore| -> crate::Result<f64> {
+        let mut best = f64::INFINITY;
+        for _ in 0..repeats.max(1) {
+            let t = Instant::now();
+            let n: usize = rt.block_on(store.read(None, None))?.iter().map(|b| b.num_rows()).sum();
+            best = best.min(t.elapsed().as_secs_f64());
+            if n != rows {
+                return Err(crate::Error::Sink(format!("{}: read {n} rows, wrote {rows}", store.uri())));
+            }
+        }
+        Ok(best)
+    };
+    let many = ResultStore::new(dir.join("many-commits.lance").display().to_string());
+    let one = ResultStore::new(dir.join("one-commit.lance").display().to_string());
+    let all: Vec<ResultRow> = (0..rows).map(make).collect();
+    let per = rows.div_ceil(commits.max(1));
+    for chunk in all.chunks(per.max(1)) {
+        rt.block_on(many.upsert(chunk))?;
+    }
+    rt.block_on(one.upsert(&all))?;
+    let fragments = |s: &ResultStore| -> crate::Result<usize> { Ok(rt.block_on(s.open())?.map_or(0, |d| d.count_fragments())) };
+    let fragments_before = fragments(&many)?;
+    let read_before = time_read(&many)?;
+    let read_single_commit = time_read(&one)?;
+    rt.block_on(crate::sink::history::compact(many.uri(), crate::sink::history::Retention::All))?;
+    Ok(CompactionTiming {
+        rows,
+        commits: all.chunks(per.max(1)).len(),
+        fragments_before,
+        fragments_after: fragments(&many)?,
+        read_before,
+        read_after: time_read(&many)?,
+        read_single_commit,
+    })
+}

@@ -48,6 +48,23 @@ enum Command {
     #[command(after_help = "Examples:\n  gemma-batch commit pipelines/demo.toml\n\n\
         Safe to run while shards are still running, and more than once: rows are merged on their key.")]
     Commit(CommitArgs),
+    /// List the versions of a spec's results table: the run that made each, its counts, its spec hash.
+    #[command(after_help = "Examples:\n  \
+        gemma-batch history pipelines/demo.toml\n  \
+        gemma-batch history pipelines/demo.toml --json > history.json\n\n\
+        Every run tags the last version it wrote run-<run id>; `gemma-batch commit` does the same for shards.")]
+    History(HistoryArgs),
+    /// Compact a spec's tables and remove old versions (never the latest or a tagged one).
+    #[command(after_help = "Examples:\n  \
+        gemma-batch compact pipelines/demo.toml                      # compact; remove untagged versions older than 7 days\n  \
+        gemma-batch compact pipelines/demo.toml --keep-versions 20   # keep the newest 20 versions (and tagged ones)\n  \
+        gemma-batch compact pipelines/demo.toml --older-than 0       # keep only the latest and tagged versions\n  \
+        gemma-batch compact pipelines/demo.toml --keep-all           # compact fragments only\n\n\
+        Every commit of a run adds a small fragment and a version; reads slow down as they pile up.\n\
+        Compaction rewrites them into few large fragments (a new version; the rows are unchanged).\n\
+        Versions that runs tagged (run-<run id>) stay readable. Exit status 75 while a run or commit\n\
+        holds the sink (--wait to wait for it).")]
+    Compact(CompactArgs),
     /// Screen text (lines of a file or stdin) and images with a filter set; print the decisions.
     #[command(after_help = "Examples:\n  \
         echo 'mail me at jane@example.org' | gemma-batch filter --set default\n  \
@@ -306,6 +323,26 @@ through the same continuous batch as `gemma-batch run`; one warm-up run comes fi
 tools/bench-generate.sh runs this and a plain Python onnxruntime loop over the same prompts\n\
 and prints the ratios.")]
     Generate(BenchGenerateArgs),
+    /// Read time of a results table after many small commits, before and after `compact`.
+    #[command(after_help = "Examples:\n  gemma-batch bench compact\n  gemma-batch bench compact --rows 100000 --commits 500\n\n\
+Builds the tables in a temporary directory (--dir to keep them) and reads each whole table.")]
+    Compact(BenchCompactArgs),
+}
+
+#[derive(Args)]
+struct BenchCompactArgs {
+    /// Rows in the table.
+    #[arg(long, default_value_t = 10_000)]
+    rows: usize,
+    /// Commits that write them (a nightly run commits at least once).
+    #[arg(long, default_value_t = 150)]
+    commits: usize,
+    /// Reads per table; the best is reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Where to build the tables (kept); default a temporary directory, removed after.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -346,6 +383,33 @@ struct BenchFiltersArgs {
 }
 
 #[derive(Args)]
+struct HistoryArgs {
+    /// Pipeline spec whose results table to list.
+    spec: PathBuf,
+    /// Print the versions and runs as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CompactArgs {
+    /// Pipeline spec whose tables to compact.
+    spec: PathBuf,
+    /// Keep the newest N versions (and every tagged one).
+    #[arg(long, value_name = "N", conflicts_with_all = ["older_than", "keep_all"], value_parser = clap::value_parser!(u64).range(1..))]
+    keep_versions: Option<u64>,
+    /// Keep versions younger than DAYS (and every tagged one). Default: 7.
+    #[arg(long, value_name = "DAYS", conflicts_with = "keep_all")]
+    older_than: Option<f64>,
+    /// Remove no versions; only compact.
+    #[arg(long)]
+    keep_all: bool,
+    /// When a run or commit holds the sink, wait for it instead of exiting with 75.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Args)]
 struct CommitArgs {
     /// Pipeline spec whose shard results to commit.
     spec: PathBuf,
@@ -360,12 +424,15 @@ pub fn main() -> ExitCode {
         Command::Generate(args) => generate(args),
         Command::Run(args) => run(args),
         Command::Commit(args) => commit(args),
+        Command::History(args) => history(args),
+        Command::Compact(args) => compact(args),
         Command::Filter(args) => filter(args),
         Command::Eval(args) => eval(args),
         Command::Score(args) => score(args),
         Command::Report(args) => report(args),
         Command::Bench(BenchCommand::Filters(args)) => bench_filters(args),
         Command::Bench(BenchCommand::Generate(args)) => bench_generate(args),
+        Command::Bench(BenchCommand::Compact(args)) => bench_compact(args),
     };
     match result {
         Ok(code) => code,
@@ -661,6 +728,27 @@ fn bench_filters(args: BenchFiltersArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn bench_compact(args: BenchCompactArgs) -> Result<ExitCode> {
+    anyhow::ensure!(args.rows > 0 && args.commits > 0 && args.commits <= args.rows, "--rows and --commits: at least 1 commit, and no more commits than rows");
+    let dir = args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("gemma-batch-bench-compact-{}", std::process::id())));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = crate::bench::compaction(&dir, args.rows, args.commits, args.repeats);
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let t = result?;
+    println!("{} rows; full-table read, best of {}", t.rows, args.repeats);
+    println!("{:<34} {:>9} {:>10} {:>8}", "table", "fragments", "read (ms)", "ratio");
+    for (name, frags, secs) in [
+        (format!("{} commits", t.commits), t.fragments_before, t.read_before),
+        (format!("{} commits, compacted", t.commits), t.fragments_after, t.read_after),
+        ("1 commit".to_string(), 1, t.read_single_commit),
+    ] {
+        println!("{name:<34} {frags:>9} {:>10.1} {:>7.2}x", secs * 1e3, secs / t.read_single_commit);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn bench_generate(args: BenchGenerateArgs) -> Result<ExitCode> {
     anyhow::ensure!(!args.batch.is_empty() && !args.batch.contains(&0), "--batch: give batch sizes of at least 1");
     let texts = match &args.prompts_file {
@@ -744,6 +832,67 @@ fn bench_generate(args: BenchGenerateArgs) -> Result<ExitCode> {
         println!("wrote {}", path.display());
     }
     Ok(if differ == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn history(args: HistoryArgs) -> Result<ExitCode> {
+    let spec = crate::spec::PipelineSpec::load(&args.spec)?;
+    let h = crate::pipeline::history(&spec)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&h)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runs: std::collections::HashMap<&str, &crate::sink::history::RunInfo> = h.runs.iter().map(|r| (r.run_id.as_str(), r)).collect();
+    let time = |ms: i64| {
+        arrow_array::temporal_conversions::as_datetime::<arrow_array::types::TimestampMillisecondType>(ms)
+            .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|| ms.to_string())
+    };
+    let count = |r: &crate::sink::history::RunInfo, k: &str| r.summary.get(k).and_then(|v| v.as_u64()).map_or("-".to_string(), |v| v.to_string());
+    println!("{}: {} versions, {} runs", h.table, h.versions.len(), h.runs.len());
+    println!("{:>7}  {:<19}  {:<9}  {:>8}  {:>5}  {:<16}  {:>6}  {:>6}  {:>7}  {:<16}  tags", "version", "time (UTC)", "operation", "rows", "frags", "run", "done", "failed", "skipped", "spec");
+    for v in &h.versions {
+        let opt = |x: Option<u64>| x.map_or("-".to_string(), |x| x.to_string());
+        let run = v.run_id.as_deref().and_then(|id| runs.get(id));
+        let (id, done, failed, skipped, spec_hash) = match run {
+            Some(r) => (r.run_id.clone(), count(r, "done"), count(r, "failed"), count(r, "skipped"), r.spec_hash.clone()),
+            None if v.version == 1 => ("(created)".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:>7}  {:<19}  {:<9}  {:>8}  {:>5}  {:<16}  {:>6}  {:>6}  {:>7}  {:<16}  {}",
+            v.version, time(v.timestamp_ms), v.operation.as_deref().unwrap_or("-"), opt(v.rows), opt(v.fragments), id, done, failed, skipped, spec_hash, v.tags.join(",")
+        );
+    }
+    // Runs that wrote no version (everything was done already) are history too.
+    let silent: Vec<&crate::sink::history::RunInfo> = h.runs.iter().filter(|r| !h.versions.iter().any(|v| v.run_id.as_deref() == Some(r.run_id.as_str()))).collect();
+    if !silent.is_empty() {
+        println!("\nruns that wrote no version (nothing new, a shard, or versions since removed):");
+        for r in silent {
+            println!("  {}  {}  {}  done {} failed {} skipped {}  spec {}", time(r.started_ms), r.run_id, r.name, count(r, "done"), count(r, "failed"), count(r, "skipped"), r.spec_hash);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compact(args: CompactArgs) -> Result<ExitCode> {
+    use crate::sink::history::Retention;
+    let spec = crate::spec::PipelineSpec::load(&args.spec)?;
+    let retention = match (args.keep_versions, args.older_than, args.keep_all) {
+        (Some(n), _, _) => Retention::Versions(n),
+        (_, _, true) => Retention::All,
+        (_, Some(days), _) => {
+            anyhow::ensure!(days.is_finite() && days >= 0.0, "--older-than {days}: give a number of days, 0 or more");
+            Retention::Days(days)
+        }
+        (None, None, false) => Retention::Days(7.0),
+    };
+    for t in crate::pipeline::compact(&spec, retention, args.wait)? {
+        println!(
+            "{}: fragments {} -> {}, versions {} -> {} ({} removed, {:.1} MB freed)",
+            t.table, t.fragments_before, t.fragments_after, t.versions_before, t.versions_after, t.versions_removed, t.bytes_removed as f64 / 1e6
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_gate(s: &str) -> Result<(String, crate::evals::suite::GateSpec)> {

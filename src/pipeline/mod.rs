@@ -106,7 +106,10 @@ pub struct RunSummary {
     /// The signal that interrupted the run (2 SIGINT, 15 SIGTERM).
     pub signal: Option<i32>,
     /// The Lance version holding this run's rows (None for a shard, which commits later).
+    /// It is tagged `run-<run id>`.
     pub version: Option<u64>,
+    /// Every results version this run made, oldest first.
+    pub versions: Vec<u64>,
     pub results: String,
     pub quarantine: String,
     /// The run records (spec, versions, start/end, counts of every run).
@@ -321,6 +324,7 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         interrupted: stopped_early,
         signal: stop.signal(),
         version: writer.version,
+        versions: std::mem::take(&mut writer.versions),
         results: layout.results(),
         quarantine: layout.quarantine(),
         runs: layout.runs(),
@@ -330,12 +334,18 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         by_task: Vec::new(),
         keys: std::mem::take(&mut *keys.lock().unwrap_or_else(|e| e.into_inner())),
     };
+    if let Some(v) = summary.version {
+        crate::sink::history::tag_run(&layout.results(), v, &run_id).await?;
+    }
     if options.shard.is_none() {
         summary.by_task = summary::task_summary(&store, &run_id).await?;
-        export(spec, &store).await?;
     }
+    // Recorded before the exports: the rows are committed whatever becomes of them.
     let record = RunRecord::new(&run_id, spec, &provenance.json(), &serde_json::to_value(&summary).unwrap_or_default(), started_ms, now_ms());
     RunStore::new(layout.runs()).append(&record).await?;
+    if options.shard.is_none() {
+        export(spec, &store).await?;
+    }
     Ok(summary)
 }
 
@@ -454,11 +464,39 @@ async fn export(spec: &PipelineSpec, store: &ResultStore) -> Result<()> {
     crate::sink::export::export(store, parquet.as_deref(), jsonl.as_deref()).await
 }
 
+/// The versions of the spec's results table with the run that made each (`gemma-batch history`).
+pub fn history(spec: &PipelineSpec) -> Result<crate::sink::history::History> {
+    let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
+    crate::util::runtime(0)?.block_on(crate::sink::history::history(&layout))
+}
+
+/// Compacts the spec's tables (results, quarantine, runs) and removes old versions as
+/// `retention` says, never the latest or a tagged one. Holds the sink's run and commit leases
+/// meanwhile, so no run or commit writes the tables while their files are rewritten.
+pub fn compact(spec: &PipelineSpec, retention: crate::sink::history::Retention, wait_for_lease: bool) -> Result<Vec<crate::sink::history::TableMaintenance>> {
+    crate::util::runtime(0)?.block_on(async {
+        let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
+        let local = !spec.sink.dir.contains("://");
+        let run_id = new_run_id("compact", now_ms());
+        let _run = take_lease(&layout, local, "run", &run_id, wait_for_lease, false)?;
+        let _commit = take_lease(&layout, local, "commit", &run_id, wait_for_lease, false)?;
+        let mut done = Vec::new();
+        for uri in [layout.results(), layout.quarantine(), layout.runs()] {
+            done.extend(crate::sink::history::compact(&uri, retention).await?);
+        }
+        Ok(done)
+    })
+}
+
 /// What `commit` did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CommitSummary {
+    /// The commit's id (its run record and the tag `run-<id>` on its version).
+    pub run_id: String,
     /// The new results version (None when nothing changed).
     pub version: Option<u64>,
+    /// Every results version the commit made, oldest first.
+    pub versions: Vec<u64>,
     /// Staged datasets merged (results and quarantine).
     pub staged: usize,
     /// Rows in them (a key staged twice counts twice; it is stored once).
@@ -471,7 +509,8 @@ pub fn commit(spec: &PipelineSpec, wait_for_lease: bool) -> Result<CommitSummary
     crate::util::runtime(0)?.block_on(async {
         let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
         let local = !spec.sink.dir.contains("://");
-        let run_id = new_run_id("commit", now_ms());
+        let started_ms = now_ms();
+        let run_id = new_run_id("commit", started_ms);
         let _lease = take_lease(&layout, local, "commit", &run_id, wait_for_lease, false)?;
         let store = ResultStore::new(layout.results());
         let quarantine = ResultStore::new(layout.quarantine());
@@ -482,12 +521,19 @@ pub fn commit(spec: &PipelineSpec, wait_for_lease: bool) -> Result<CommitSummary
         // whose content reads now. Deleted after their replacements are in and before the
         // staged copies go, so a commit killed at any point redoes this next time.
         let replaced: Vec<String> = q.keys.iter().chain(&q.superseded).chain(&r.superseded).cloned().collect();
-        store.delete_failed(&replaced).await?;
+        let deleted = store.delete_failed(&replaced).await?;
         q_dir.remove(&q)?;
         r_dir.remove(&r)?;
-        if r.version.is_some() {
+        let versions: Vec<u64> = r.version.into_iter().chain(deleted).collect();
+        let summary = CommitSummary { run_id: run_id.clone(), version: versions.last().copied(), versions, staged: r.staged + q.staged, rows: r.keys.len() + q.keys.len() };
+        if let Some(v) = summary.version {
+            crate::sink::history::tag_run(&layout.results(), v, &run_id).await?;
             export(spec, &store).await?;
         }
-        Ok(CommitSummary { version: r.version, staged: r.staged + q.staged, rows: r.keys.len() + q.keys.len() })
+        // The commit is a run of the table's history too.
+        let provenance = serde_json::json!({"run_id": run_id, "kind": "commit"});
+        let record = RunRecord::new(&run_id, spec, &provenance, &serde_json::to_value(&summary).unwrap_or_default(), started_ms, now_ms());
+        RunStore::new(layout.runs()).append(&record).await?;
+        Ok(summary)
     })
 }

@@ -51,6 +51,8 @@ pub(crate) struct Writer {
     flushes: u64,
     /// The newest results version this run wrote.
     pub version: Option<u64>,
+    /// Every results version this run wrote, oldest first.
+    pub versions: Vec<u64>,
 }
 
 impl Writer {
@@ -70,6 +72,7 @@ impl Writer {
             quarantined: Vec::new(),
             flushes: 0,
             version: None,
+            versions: Vec::new(),
         }
     }
 
@@ -109,6 +112,7 @@ impl Writer {
                 quarantine.upsert(&quarantined).await?;
                 if let Some(v) = results.upsert(&rows).await? {
                     self.version = Some(v);
+                    self.versions.push(v);
                 }
                 // Only now that their replacements are committed: failed records that a row of
                 // this flush supersedes, or that its key moved to the quarantine table.
@@ -119,7 +123,10 @@ impl Writer {
                     .chain(rows.iter().chain(&quarantined).filter_map(|r| r.supersedes.clone()))
                     .chain(stale)
                     .collect();
-                results.delete_failed(&replaced).await?;
+                if let Some(v) = results.delete_failed(&replaced).await? {
+                    self.version = Some(v);
+                    self.versions.push(v);
+                }
             }
             Destination::Staged { results, quarantine, shard, run_id } => {
                 quarantine.write(&quarantined, shard, run_id, self.flushes).await?;

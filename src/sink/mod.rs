@@ -12,6 +12,7 @@
 //!   the work twice; it is a courtesy, not what keeps the table right.
 
 pub mod export;
+pub mod history;
 pub mod lease;
 pub mod pending;
 mod results;

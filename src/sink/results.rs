@@ -177,20 +177,22 @@ impl ResultStore {
     }
 
     /// Deletes the failed rows of these keys (a key that a retry sent to another table).
-    pub async fn delete_failed(&self, keys: &[String]) -> Result<()> {
+    /// Returns the new version, or None when nothing changed.
+    pub async fn delete_failed(&self, keys: &[String]) -> Result<Option<u64>> {
         if keys.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        let Some(mut ds) = self.open().await? else { return Ok(()) };
+        let Some(mut ds) = self.open().await? else { return Ok(None) };
         // Keys are lowercase hex digests: nothing to escape, but refuse anything else.
         if let Some(bad) = keys.iter().find(|k| !k.chars().all(|c| c.is_ascii_hexdigit())) {
             return Err(Error::Sink(format!("refusing to delete by key {bad:?}: not a key this program writes")));
         }
+        let before = ds.version_id();
         for chunk in keys.chunks(1000) {
             let list = chunk.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ");
             ds.delete(&format!("error IS NOT NULL AND key IN ({list})")).await.map_err(Error::lance(&self.uri))?;
         }
-        Ok(())
+        Ok((ds.version_id() != before).then_some(ds.version_id()))
     }
 
     pub async fn version(&self) -> Result<Option<u64>> {
