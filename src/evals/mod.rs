@@ -2,5 +2,6 @@
 
 pub mod metrics;
 pub mod bbq;
+pub mod layouts;
 pub mod record;
 pub mod suite;
