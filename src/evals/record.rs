@@ -127,21 +127,23 @@ impl EvalRecord {
     }
 
     /// A value by gate name (`BENCHMARK.METRIC`, `bbq.CATEGORY.FIELD`, `safety.FIELD`) and
-    /// the number of scored items behind it (BBQ: the category's items whose answer picked an
-    /// option).
+    /// the number of scored items behind it (BBQ accuracies: the category's items whose
+    /// answer picked an option; bias scores: the items of that context condition the score
+    /// counts, an option picked and a target determined).
     pub fn lookup(&self, name: &str) -> Option<(f64, usize)> {
         let parts: Vec<&str> = name.split('.').collect();
         match parts.as_slice() {
             ["bbq", category, field] => {
                 let scores = self.bbq.values().find_map(|m| m.get(*category))?;
-                let value = match *field {
-                    "accuracy_ambiguous" => scores.accuracy_ambiguous,
-                    "accuracy_disambiguated" => scores.accuracy_disambiguated,
-                    "bias_ambiguous" => scores.bias_ambiguous,
-                    "bias_disambiguated" => scores.bias_disambiguated,
-                    _ => None,
-                }?;
-                Some((value, scores.items.saturating_sub(scores.unparsed)))
+                let answered = scores.items.saturating_sub(scores.unparsed);
+                let (value, n) = match *field {
+                    "accuracy_ambiguous" => (scores.accuracy_ambiguous, answered),
+                    "accuracy_disambiguated" => (scores.accuracy_disambiguated, answered),
+                    "bias_ambiguous" => (scores.bias_ambiguous, scores.scored_ambiguous),
+                    "bias_disambiguated" => (scores.bias_disambiguated, scores.scored_disambiguated),
+                    _ => return None,
+                };
+                Some((value?, n))
             }
             ["safety", field] => {
                 let s = self.safety.as_ref()?;

@@ -1004,7 +1004,7 @@ mod tests {
                 policy_flag_rate_benign: empty,
                 pii_leak_rate: empty,
             }),
-            // Every answer unparsed: s_AMB comes out 0 without one answer behind it.
+            // Every answer unparsed: an s_AMB of 0 (as a record may hold) with no scored item behind it.
             bbq: [("set".to_string(), [("Age".to_string(), bbq::BbqScores { items: 4, unparsed: 4, accuracy_ambiguous: Some(0.0), bias_ambiguous: Some(0.0), ..Default::default() })].into_iter().collect())].into_iter().collect(),
             ..Default::default()
         };
