@@ -560,3 +560,91 @@ fn score_reproduces_eval_from_predictions_and_stored_results() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no column \"prediction\" (its columns: answer, qid)"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Every published layout the suite reads, as distributed (the fixtures are written from the
+/// published schemas by tools/make_eval_layouts.py and tools/make_bbq_layout.py): each item
+/// runs with its image (no failed row) and is scored.
+#[test]
+fn published_layouts_run_and_score_every_item() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = repo().join("evals/fixtures");
+    let suite = format!(
+        r#"name = "layouts"
+[model]
+dir = "{model}"
+device = "cpu"
+batch_size = 8
+[sink]
+dir = "out"
+[[benchmark]]
+name = "vqav2"
+format = "vqav2"
+path = "{f}/vqav2/v2_OpenEnded_mscoco_val2014_questions.json"
+annotations = "{f}/vqav2/v2_mscoco_val2014_annotations.json"
+images = "{f}/vqav2/val2014"
+metrics = ["vqa_accuracy"]
+breakdown = ["answer_type"]
+max_new_tokens = 2
+[[benchmark]]
+name = "textvqa"
+format = "textvqa"
+path = "{f}/textvqa/TextVQA_0.5.1_val.json"
+images = "{f}/textvqa/train_images"
+metrics = ["vqa_accuracy", "anls"]
+max_new_tokens = 2
+[[benchmark]]
+name = "coco"
+format = "coco_captions"
+path = "{f}/coco/annotations/captions_val2014.json"
+images = "{f}/coco/val2014"
+metrics = ["cider_d", "bleu4"]
+max_new_tokens = 3
+[[benchmark]]
+name = "chartqa"
+format = "chartqa"
+path = "{f}/chartqa/data/test-*.parquet"
+metrics = ["relaxed_accuracy"]
+breakdown = ["human_or_machine"]
+max_new_tokens = 2
+[[benchmark]]
+name = "docvqa"
+format = "docvqa"
+path = "{f}/docvqa/val_v1.0.json"
+metrics = ["anls"]
+max_new_tokens = 2
+[[bbq]]
+name = "published"
+path = "{f}/bbq/[A-Z]*.jsonl"
+max_new_tokens = 2
+"#,
+        model = repo().join("models/tiny-gemma4").display(),
+        f = f.display(),
+    );
+    std::fs::write(tmp.path().join("suite.toml"), suite).unwrap();
+    let out = bin().arg("eval").arg(tmp.path().join("suite.toml")).arg("--quiet").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let record = read_record(&tmp.path().join("out/report/record.json"));
+    let lines = std::fs::read_to_string(tmp.path().join("out/report/predictions.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let n = |b: &str| record["metrics"].as_array().unwrap().iter().find(|m| m["benchmark"] == b).unwrap_or_else(|| panic!("no {b} metric")).clone()["estimate"]["n"].as_u64().unwrap();
+    for (part, items) in [("vqav2", 3), ("textvqa", 3), ("coco", 3), ("docvqa", 3)] {
+        assert_eq!(n(part), items, "{part}");
+    }
+    assert!(n("chartqa") >= 2, "chartqa rows: {}", n("chartqa"));
+    for part in ["vqav2", "textvqa", "coco", "chartqa", "docvqa", "bbq-published"] {
+        let of_part: Vec<&serde_json::Value> = rows.iter().filter(|r| r["part"] == part).collect();
+        assert!(!of_part.is_empty(), "{part}: no outputs");
+        for r in of_part {
+            assert!(r["error"].is_null(), "{part} {}: failed: {}", r["id"], r["error"]);
+        }
+    }
+    assert_eq!(n("chartqa") as usize, rows.iter().filter(|r| r["part"] == "chartqa").count());
+    // Breakdowns by the layouts' own columns.
+    let slices = |b: &str| record["breakdowns"].as_array().unwrap().iter().find(|x| x["benchmark"] == b).unwrap()["slices"].as_array().unwrap().len();
+    assert!(slices("vqav2") >= 2 && slices("chartqa") == 2, "{}", record["breakdowns"]);
+    // BBQ: every category file, ids CATEGORY-EXAMPLE_ID.
+    let cats: Vec<&String> = record["bbq"]["published"].as_object().unwrap().keys().collect();
+    assert_eq!(cats, ["Age", "Gender_identity", "Nationality", "Race_ethnicity", "Race_x_SES", "Race_x_gender", "SES", "all"]);
+    assert_eq!(record["bbq"]["published"]["all"]["items"], 92);
+    assert!(rows.iter().any(|r| r["part"] == "bbq-published" && r["id"] == "Gender_identity-0"), "ids name the category");
+}

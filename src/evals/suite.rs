@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::bbq::{self, BbqItem};
+use super::layouts::{self, Columns, Layout, LayoutPaths};
 use super::metrics::{self, Estimate};
 use super::predictions::Predictions;
 use super::record::{Breakdown, EvalRecord, GateResult, GroupRates, MetricResult, MissingOutputs, Sample, SafetyScores};
@@ -76,8 +77,31 @@ pub enum BenchFormat {
     Csv,
     Parquet,
     HfParquet,
-    /// DocVQA-style JSON: `{"data": [{"questionId", "question", "answers", "image"}]}`.
+    /// DocVQA JSON as published: `{"data": [{"questionId", "question", "answers", "image"}]}`.
     Docvqa,
+    /// VQAv2 as published: the questions file (`path`), the annotations file (`annotations`)
+    /// and the COCO images (`images`).
+    Vqav2,
+    /// TextVQA 0.5.1 JSON (`path`) and its images (`images`).
+    Textvqa,
+    /// COCO-style caption JSON (`images`/`annotations` arrays) and the images (`images`).
+    CocoCaptions,
+    /// ChartQA as Hugging Face publishes it (Parquet: `image`, `query`, `label`, `human_or_machine`).
+    Chartqa,
+}
+
+impl BenchFormat {
+    /// The published layout this format reads, with the column names of its rows.
+    fn layout(self) -> Option<(Option<Layout>, Columns)> {
+        match self {
+            BenchFormat::Docvqa => Some((Some(Layout::Docvqa), Layout::Docvqa.columns())),
+            BenchFormat::Vqav2 => Some((Some(Layout::Vqav2), Layout::Vqav2.columns())),
+            BenchFormat::Textvqa => Some((Some(Layout::Textvqa), Layout::Textvqa.columns())),
+            BenchFormat::CocoCaptions => Some((Some(Layout::CocoCaptions), Layout::CocoCaptions.columns())),
+            BenchFormat::Chartqa => Some((None, layouts::CHARTQA)),
+            BenchFormat::Jsonl | BenchFormat::Csv | BenchFormat::Parquet | BenchFormat::HfParquet => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -116,7 +140,12 @@ pub struct BenchmarkSpec {
     pub name: String,
     pub format: BenchFormat,
     pub path: String,
-    /// Row identity (DocVQA: questionId).
+    /// VQAv2: the annotations file (answers); without it rows run but have no answers.
+    pub annotations: Option<String>,
+    /// VQAv2, TextVQA, COCO, DocVQA: the directory image names are relative to (default: the
+    /// directory of `path`).
+    pub images: Option<String>,
+    /// Row identity (published layouts: set from the layout).
     pub id_column: Option<String>,
     /// The question; without it, the task is a caption of the image.
     pub question_column: Option<String>,
@@ -219,6 +248,19 @@ impl SuiteSpec {
         if s.benchmark.is_empty() && s.bbq.is_empty() && s.counterfactual.is_empty() && s.safety.is_none() {
             return Err(err("nothing to evaluate: add [[benchmark]], [[bbq]], [[counterfactual]] or [safety]".into()));
         }
+        for b in &mut s.benchmark {
+            // A published layout names its columns; a key the suite gives wins.
+            if let Some((_, c)) = b.format.layout() {
+                b.id_column.get_or_insert_with(|| c.id.to_string());
+                b.image_column.get_or_insert_with(|| c.image.to_string());
+                if b.question_column.is_none() {
+                    b.question_column = c.question.map(str::to_string);
+                }
+                if b.answers_column == default_answers() {
+                    b.answers_column = c.answers.to_string();
+                }
+            }
+        }
         for b in &s.benchmark {
             if b.metrics.is_empty() {
                 return Err(err(format!("benchmark {:?}: no metrics", b.name)));
@@ -226,8 +268,14 @@ impl SuiteSpec {
             if b.metrics.contains(&MetricName::MultipleChoice) && (b.options_column.is_none() || b.label_column.is_none()) {
                 return Err(err(format!("benchmark {:?}: multiple_choice needs options_column and label_column", b.name)));
             }
-            if b.format != BenchFormat::Docvqa && b.id_column.is_none() {
+            if b.format.layout().is_none() && b.id_column.is_none() {
                 return Err(err(format!("benchmark {:?}: id_column is needed to join answers to results", b.name)));
+            }
+            if b.annotations.is_some() && b.format != BenchFormat::Vqav2 {
+                return Err(err(format!("benchmark {:?}: annotations is for format = \"vqav2\"", b.name)));
+            }
+            if b.images.is_some() && matches!(b.format.layout(), None | Some((None, _))) {
+                return Err(err(format!("benchmark {:?}: images is for the published JSON layouts (docvqa, vqav2, textvqa, coco_captions)", b.name)));
             }
         }
         for (name, g) in &s.gates {
@@ -627,38 +675,37 @@ type Labels = Vec<(String, serde_json::Map<String, serde_json::Value>)>;
 fn run_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, outputs: &Outputs, parts: &mut Vec<serde_json::Value>) -> Result<(PipelineSpec, HashMap<String, ResultItem>, Labels)> {
     use toml::Value as V;
     let path = suite.resolve(&b.path);
-    let (kind, path, id_column) = match b.format {
-        BenchFormat::Docvqa => {
-            // DocVQA JSON: materialise JSON lines with image paths made absolute.
-            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-            let doc: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json { path: path.clone(), source })?;
-            let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            let data = doc.get("data").and_then(|d| d.as_array()).ok_or_else(|| Error::Source { source_name: path.display().to_string(), message: "no \"data\" array (DocVQA layout)".into() })?;
-            let rows: Vec<serde_json::Value> = data
-                .iter()
-                .map(|q| {
-                    let mut q = q.clone();
-                    if let Some(img) = q.get("image").and_then(|v| v.as_str()) {
-                        let abs = base.join(img).display().to_string();
-                        q["image"] = abs.into();
-                    }
-                    q["questionId"] = q.get("questionId").map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())).unwrap_or_default().into();
-                    q
-                })
-                .collect();
-            (String::from("jsonl"), write_jsonl(suite, &format!("{}-docvqa", b.name), &rows)?, b.id_column.clone().unwrap_or_else(|| "questionId".into()))
+    // Published layouts become a table of rows under the suite's sink (JSON lines with
+    // absolute image paths, or a Parquet copy with row ids for ChartQA).
+    let (kind, path, confine_images) = match b.format.layout() {
+        Some((Some(layout), _)) => {
+            let paths = LayoutPaths { path: path.clone(), annotations: b.annotations.as_deref().map(|p| suite.resolve(p)), images: b.images.as_deref().map(|p| suite.resolve(p)) };
+            let rows = layouts::rows(layout, &paths)?;
+            // The images are the benchmark's, named by its files: not confined to the sink.
+            ("jsonl", write_jsonl(suite, &format!("{}-{}", b.name, layout.name().to_lowercase().replace(' ', "-")), &rows)?, false)
         }
-        f => {
-            let kind = match f {
+        Some((None, _)) => {
+            let dir = suite.resolve(&suite.sink.dir);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            let dest = dir.join(format!("{}-chartqa.parquet", b.name));
+            layouts::chartqa_table(&path, &dest)?;
+            ("hf_parquet", dest, true)
+        }
+        None => {
+            let kind = match b.format {
                 BenchFormat::Jsonl => "jsonl",
                 BenchFormat::Csv => "csv",
                 BenchFormat::Parquet => "parquet",
                 _ => "hf_parquet",
             };
-            (kind.to_string(), path, b.id_column.clone().expect("checked at load"))
+            (kind, path, true)
         }
     };
-    let mut source = table(&[("kind", V::String(kind)), ("path", V::String(path.display().to_string())), ("id_column", V::String(id_column.clone()))]);
+    let id_column = b.id_column.clone().expect("set at load");
+    let mut source = table(&[("kind", V::String(kind.into())), ("path", V::String(path.display().to_string())), ("id_column", V::String(id_column.clone()))]);
+    if !confine_images {
+        source.insert("confine_images".into(), false.into());
+    }
     if let Some(c) = &b.image_column {
         source.insert("image_column".into(), c.clone().into());
     }
@@ -717,13 +764,24 @@ fn score_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, labels: &Labels, result
     let mut preds = Vec::new();
     let mut refs: Vec<Vec<String>> = Vec::new();
     let mut cols = Vec::new();
+    let needs_answers = b.metrics.iter().any(|m| *m != MetricName::MultipleChoice);
+    let mut unlabeled = 0usize;
     for (id, columns) in labels {
         // An item without an output is listed as missing by the caller, not scored.
         let Some(r) = results.get(id) else { continue };
+        let answers = string_list(columns.get(&b.answers_column));
+        // A split published without answers (test, test-dev) runs but cannot be scored here.
+        if needs_answers && answers.is_empty() {
+            unlabeled += 1;
+            continue;
+        }
         ids.push(id.clone());
         preds.push(r.output.clone().unwrap_or_default());
-        refs.push(string_list(columns.get(&b.answers_column)));
+        refs.push(answers);
         cols.push(columns);
+    }
+    if unlabeled > 0 {
+        record.notes.push(format!("{}: {unlabeled} items have no reference answers ({}) and are not scored; their outputs are in predictions.jsonl.", b.name, b.answers_column));
     }
     let mut per_metric: Vec<(MetricName, Vec<f64>)> = Vec::new();
     for &m in &b.metrics {
