@@ -46,7 +46,9 @@ enum Command {
     Run(RunArgs),
     /// Commit the results that shard processes wrote, as one new version.
     #[command(after_help = "Examples:\n  gemma-batch commit pipelines/demo.toml\n\n\
-        Safe to run while shards are still running, and more than once: rows are merged on their key.")]
+        Safe to run while shards are still running, and more than once: rows are merged on their key.\n\
+        Exit status: 0, or 3 when the table holds failed rows (listed; rerun the shards to retry\n\
+        them), 75 another commit holds the sink, 2 error.")]
     Commit(CommitArgs),
     /// List the versions of a spec's results table: the run that made each, its counts, its spec hash.
     #[command(after_help = "Examples:\n  \
@@ -579,7 +581,19 @@ fn commit(args: CommitArgs) -> Result<ExitCode> {
         None if c.staged > 0 => println!("{} staged shard results were already committed; removed them", c.staged),
         None => println!("nothing to commit"),
     }
-    Ok(ExitCode::SUCCESS)
+    // What a cluster job reports at the end: the rows that failed, in every shard.
+    let failed = crate::pipeline::failed_rows(&spec)?;
+    if failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("{} failed rows in {} (their error column says why; rerun the shards to retry them):", failed.len(), spec.resolve(&spec.sink.dir).join("results.lance").display());
+    for (id, task, error) in failed.iter().take(10) {
+        eprintln!("  {id} [{task}]: {error}");
+    }
+    if failed.len() > 10 {
+        eprintln!("  ... and {} more", failed.len() - 10);
+    }
+    Ok(ExitCode::from(3))
 }
 
 fn filter(args: FilterArgs) -> Result<ExitCode> {

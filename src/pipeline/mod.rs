@@ -488,6 +488,23 @@ pub fn compact(spec: &PipelineSpec, retention: crate::sink::history::Retention, 
     })
 }
 
+/// The failed rows of the spec's results table: (input id, task, error), in input id order.
+pub fn failed_rows(spec: &PipelineSpec) -> Result<Vec<(String, String, String)>> {
+    use arrow_array::cast::AsArray;
+    let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
+    let store = ResultStore::new(layout.results());
+    let batches = crate::util::runtime(0)?.block_on(store.read_where(None, Some(&["input_id", "task", "error"]), Some("error IS NOT NULL")))?;
+    let mut rows = Vec::new();
+    for b in &batches {
+        let (ids, tasks, errors) = (b.column(0).as_string::<i32>(), b.column(1).as_string::<i32>(), b.column(2).as_string::<i32>());
+        for i in 0..b.num_rows() {
+            rows.push((ids.value(i).to_string(), tasks.value(i).to_string(), errors.value(i).to_string()));
+        }
+    }
+    rows.sort();
+    Ok(rows)
+}
+
 /// What `commit` did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CommitSummary {
