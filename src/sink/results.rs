@@ -29,6 +29,14 @@ pub struct FailedKey {
     pub errors: Vec<String>,
 }
 
+/// Rows per batch of [`ResultStore::stream`].
+pub const STREAM_BATCH_ROWS: usize = 8192;
+/// Bytes of storage reads a stream holds ahead of what it returned.
+const STREAM_IO_BUFFER_BYTES: u64 = 32 << 20;
+
+/// Record batches read from a table, one at a time.
+pub type BatchStream = futures::stream::BoxStream<'static, Result<RecordBatch>>;
+
 /// A Lance dataset of result rows.
 pub struct ResultStore {
     uri: String,
@@ -76,7 +84,7 @@ impl ResultStore {
                 .iter()
                 .filter_map(|&name| match name {
                     "attempts" => Some((name.to_string(), "CAST(1 AS INT UNSIGNED)".to_string())),
-                    "errors" | "filter_sets" | "supersedes" => Some((name.to_string(), "CAST(NULL AS STRING)".to_string())),
+                    "errors" | "filter_sets" | "supersedes" | "input_columns" => Some((name.to_string(), "CAST(NULL AS STRING)".to_string())),
                     _ => None,
                 })
                 .collect();
@@ -197,6 +205,32 @@ impl ResultStore {
         Ok(self.open().await?.map(|d| d.version_id()))
     }
 
+    /// The rows of the latest version as a stream of record batches of at most
+    /// [`STREAM_BATCH_ROWS`] rows, with the scan's read-ahead bounded, so that reading a table
+    /// of any size holds a few batches at a time. None when the table does not exist.
+    pub async fn stream(&self, columns: Option<&[&str]>) -> Result<Option<BatchStream>> {
+        use futures::StreamExt;
+        let Some(ds) = self.open().await? else { return Ok(None) };
+        let err = Error::lance(&self.uri);
+        let mut scan = ds.scan();
+        if let Some(cols) = columns {
+            scan.project(cols).map_err(&err)?;
+        }
+        scan.batch_size(STREAM_BATCH_ROWS).batch_readahead(2).fragment_readahead(1).io_buffer_size(STREAM_IO_BUFFER_BYTES);
+        let stream = scan.try_into_stream().await.map_err(&err)?;
+        let uri = self.uri.clone();
+        Ok(Some(stream.map(move |b| b.map_err(Error::lance(&uri))).boxed()))
+    }
+
+    /// The table's columns (None when it does not exist).
+    pub async fn schema(&self) -> Result<Option<Arc<arrow_schema::Schema>>> {
+        Ok(self.open().await?.map(|ds| Arc::new(arrow_schema::Schema::from(ds.schema()))))
+    }
+
+    pub async fn has_column(&self, name: &str) -> Result<bool> {
+        Ok(self.schema().await?.is_some_and(|s| s.field_with_name(name).is_ok()))
+    }
+
     /// All rows of a version (latest when None), as record batches.
     pub async fn read(&self, version: Option<u64>, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
         self.read_where(version, columns, None).await
@@ -237,7 +271,7 @@ mod tests {
             let uri = dir.path().join("old.lance").display().to_string();
             let full = to_batch(&[row("aa", None), row("bb", Some("missing image"))]).unwrap();
             let keep: Vec<usize> = (0..full.num_columns())
-                .filter(|&i| !["attempts", "errors", "filter_sets", "supersedes"].contains(&full.schema().field(i).name().as_str()))
+                .filter(|&i| !["attempts", "errors", "filter_sets", "supersedes", "input_columns"].contains(&full.schema().field(i).name().as_str()))
                 .collect();
             let old = full.project(&keep).unwrap();
             let plain = arrow_schema::Schema::new(old.schema().fields().iter().map(|f| f.as_ref().clone().with_metadata(Default::default())).collect::<Vec<_>>());
