@@ -158,3 +158,113 @@ pub fn generation(
         outputs: bench.outputs,
     })
 }
+
+/// Synthetic result rows `from..to`, as a VQA run over document pages stores them, with kept
+/// input columns (a question and a list of answers).
+pub fn synthetic_results(from: usize, to: usize) -> Vec<crate::sink::ResultRow> {
+    use crate::util::hash_text;
+    let model_hash = hash_text(&["bench model"]);
+    (from..to)
+        .map(|i| {
+            let n = i.to_string();
+            let key = hash_text(&["key", &n]);
+            let question = format!("Question {i}: what is the total amount due on this invoice page?");
+            let total = format!("{}.{:02} EUR", i * 7 % 10_000, i % 100);
+            crate::sink::ResultRow {
+                content_hash: hash_text(&["content", &n]),
+                prompt_hash: hash_text(&["prompt", &n]),
+                input_id: format!("doc-{:07}-page-{}", i / 4, i % 4 + 1),
+                task: "qa".into(),
+                prompt: format!("Document:\nInvoice {i}, issued 2024-03-14, total {total}.\n\n{question}"),
+                output: Some(format!("The total amount due is {total}.")),
+                finish_reason: Some("stop".into()),
+                prompt_tokens: Some(40 + (i % 50) as u32),
+                output_tokens: Some(9),
+                latency_ms: Some(12.5 + (i % 17) as f64),
+                attempts: 1,
+                run_id: "0123456789abcdef".into(),
+                backend: "ort".into(),
+                device: "cpu".into(),
+                dtype: "fp32".into(),
+                model_id: "tiny-gemma4".into(),
+                model_hash: model_hash.clone(),
+                created_at_ms: 1_700_000_000_000 + i as i64,
+                input_columns: Some(serde_json::json!({"question": question, "answers": [total, format!("{} EUR", i * 7 % 10_000)]}).to_string()),
+                key,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// Writes a results table of `rows` synthetic rows at `uri`, 10,000 rows a batch (memory does
+/// not grow with `rows`).
+pub fn write_results_table(uri: &str, rows: usize) -> crate::Result<()> {
+    const CHUNK: usize = 10_000;
+    let schema = crate::sink::result_schema();
+    let batches = (0..rows.div_ceil(CHUNK)).map(move |c| {
+        let rows = synthetic_results(c * CHUNK, ((c + 1) * CHUNK).min(rows));
+        crate::sink::to_batch(&rows).map_err(|e| arrow_schema::ArrowError::ExternalError(Box::new(e)))
+    });
+    let reader = arrow_array::RecordBatchIterator::new(batches, schema);
+    let params = lance::dataset::WriteParams { mode: lance::dataset::WriteMode::Overwrite, ..Default::default() };
+    crate::util::runtime(2)?.block_on(async {
+        lance::dataset::Dataset::write(reader, uri, Some(params)).await.map_err(crate::Error::lance(uri))?;
+        crate::sink::ResultStore::new(uri).ensure_exists().await
+    })
+}
+
+/// This process's peak resident memory so far (`VmHWM`), in KiB; None where /proc has none.
+pub fn peak_rss_kib() -> Option<u64> {
+    proc_status_kib("VmHWM:")
+}
+
+/// This process's resident memory now (`VmRSS`), in KiB.
+pub fn rss_kib() -> Option<u64> {
+    proc_status_kib("VmRSS:")
+}
+
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// One export of a results table, measured in a process that did nothing else.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ExportFigure {
+    pub rows: u64,
+    pub format: String,
+    pub seconds: f64,
+    /// Resident memory before the export started (the program itself), KiB.
+    pub rss_before_kib: Option<u64>,
+    /// Peak resident memory of the process, KiB.
+    pub peak_rss_kib: Option<u64>,
+    pub bytes: u64,
+}
+
+/// Exports the table in `dir/results.lance` to `dir/results.FORMAT` and measures it (call it in
+/// a fresh process: the peak is the process's).
+pub fn export_figure(dir: &std::path::Path, format: &str) -> crate::Result<ExportFigure> {
+    let store = crate::sink::ResultStore::new(dir.join("results.lance").display().to_string());
+    let out = dir.join(format!("results.{format}"));
+    let rt = crate::util::runtime(2)?;
+    let rows = rt.block_on(async {
+        match store.open().await? {
+            Some(ds) => ds.count_rows(None).await.map(|n| n as u64).map_err(crate::Error::lance(store.uri())),
+            None => Ok(0),
+        }
+    })?;
+    let rss_before_kib = rss_kib();
+    let started = Instant::now();
+    rt.block_on(async {
+        match format {
+            "parquet" => crate::sink::export::export(&store, Some(&out), None).await,
+            "jsonl" => crate::sink::export::export(&store, None, Some(&out)).await,
+            other => Err(crate::Error::Sink(format!("unknown export format {other:?} (parquet or jsonl)"))),
+        }
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    Ok(ExportFigure { rows, format: format.into(), seconds, rss_before_kib, peak_rss_kib: peak_rss_kib(), bytes })
+}
