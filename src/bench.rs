@@ -198,8 +198,10 @@ pub fn synthetic_results(from: usize, to: usize) -> Vec<crate::sink::ResultRow> 
 }
 
 /// Writes a results table of `rows` synthetic rows at `uri`, 10,000 rows a batch (memory does
-/// not grow with `rows`).
-pub fn write_results_table(uri: &str, rows: usize) -> crate::Result<()> {
+/// not grow with `rows`), in data files of at most `rows_per_file` rows. A run's table is made
+/// of one fragment per commit (`sink.commit_every` rows at most); a compacted table has large
+/// files, whose pages a scan holds one per column at a time.
+pub fn write_results_table(uri: &str, rows: usize, rows_per_file: usize) -> crate::Result<()> {
     const CHUNK: usize = 10_000;
     let schema = crate::sink::result_schema();
     let batches = (0..rows.div_ceil(CHUNK)).map(move |c| {
@@ -207,7 +209,11 @@ pub fn write_results_table(uri: &str, rows: usize) -> crate::Result<()> {
         crate::sink::to_batch(&rows).map_err(|e| arrow_schema::ArrowError::ExternalError(Box::new(e)))
     });
     let reader = arrow_array::RecordBatchIterator::new(batches, schema);
-    let params = lance::dataset::WriteParams { mode: lance::dataset::WriteMode::Overwrite, ..Default::default() };
+    let params = lance::dataset::WriteParams {
+        mode: lance::dataset::WriteMode::Overwrite,
+        max_rows_per_file: rows_per_file.max(1),
+        ..Default::default()
+    };
     crate::util::runtime(2)?.block_on(async {
         lance::dataset::Dataset::write(reader, uri, Some(params)).await.map_err(crate::Error::lance(uri))?;
         crate::sink::ResultStore::new(uri).ensure_exists().await

@@ -357,6 +357,10 @@ struct BenchExportArgs {
     /// Export formats to measure.
     #[arg(long, value_delimiter = ',', default_value = "parquet,jsonl")]
     formats: Vec<String>,
+    /// Rows per data file of the tables written (a run writes one fragment per commit of at
+    /// most sink.commit_every rows; a compacted table has files of up to a million rows).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    rows_per_file: usize,
     /// Where the tables and exports go (kept); default a temporary directory, removed after.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
@@ -804,8 +808,8 @@ fn bench_export(args: BenchExportArgs) -> Result<ExitCode> {
     for &rows in &args.rows {
         let dir = base.join(format!("rows-{rows}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        eprintln!("writing a table of {rows} rows in {}", dir.display());
-        crate::bench::write_results_table(&dir.join("results.lance").display().to_string(), rows)?;
+        eprintln!("writing a table of {rows} rows ({} rows a data file) in {}", args.rows_per_file, dir.display());
+        crate::bench::write_results_table(&dir.join("results.lance").display().to_string(), rows, args.rows_per_file)?;
         // Each format in a process of its own: the peak is that export's.
         for format in &args.formats {
             let out = std::process::Command::new(&exe)

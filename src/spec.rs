@@ -473,6 +473,35 @@ dir = "out"
     }
 
     #[test]
+    fn the_commented_example_loads() {
+        let spec = PipelineSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/example.toml")).unwrap();
+        assert_eq!(spec.sink.keep_columns, ["question", "answers"]);
+        assert_eq!(spec.kept_columns(), ["question", "answers"]);
+    }
+
+    #[test]
+    fn request_files_chat_tasks_and_kept_columns_are_checked() {
+        let chat_over_jsonl = MINIMAL.replace("kind = \"caption\"", "kind = \"chat\"");
+        let requests_with_caption = MINIMAL.replace("kind = \"jsonl\"", "kind = \"openai_batch\"");
+        let requests = requests_with_caption.replace("kind = \"caption\"", "kind = \"chat\"");
+        let two_tasks = format!("{MINIMAL}\n[[task]]\nname = \"d\"\nkind = \"caption\"\n").replace("[sink]\ndir = \"out\"", "");
+        let two_tasks = format!("{two_tasks}\n[sink]\ndir = \"out\"\nopenai_batch = \"o.jsonl\"\n");
+        let dup = MINIMAL.replace("dir = \"out\"", "dir = \"out\"\nkeep_columns = [\"a\", \"a\"]");
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| PipelineSpec::from_text(text.to_string(), &dir.path().join("spec.toml"));
+        let message = |text: &str| match load(text) {
+            Err(Error::Spec { message, .. }) => message,
+            other => panic!("should be a spec error: {:?}", other.map(|s| s.name)),
+        };
+        assert!(message(&chat_over_jsonl).contains("openai_batch"));
+        assert!(message(&requests_with_caption).contains("exactly one task, of kind \"chat\""));
+        assert!(message(&two_tasks).contains("sink.openai_batch"));
+        assert!(message(&dup).contains("\"a\" is listed twice"));
+        let spec = load(&requests).unwrap();
+        assert_eq!(spec.kept_columns(), ["custom_id", "model"], "a request row always keeps its custom_id and model");
+    }
+
+    #[test]
     fn a_negative_count_is_a_spec_error_too() {
         // usize keys: TOML's -1 does not deserialise; the message still names the key.
         let e = spec_error("model", "batch_size = -1");

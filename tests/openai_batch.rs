@@ -189,3 +189,54 @@ fn the_batch_file_mode_needs_its_flags_and_a_spec_still_runs_alone() {
     let out = bin().args(["run"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn filters_screen_each_text_part_and_filtered_requests_are_error_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // A filter set: e-mail addresses redacted, one phrase quarantines, another drops.
+    std::fs::write(dir.join("quarantined.en.txt"), "zebra crossing\n").unwrap();
+    std::fs::write(dir.join("dropped.en.txt"), "purple elephant\n").unwrap();
+    std::fs::write(
+        dir.join("set.toml"),
+        "description = \"test\"\n[pii]\ntypes = [\"email\"]\nthreshold = 0.5\naction = \"redact\"\n\
+         [blocklist]\naction = \"flag\"\n[blocklist.actions]\nquarantined = \"quarantine\"\ndropped = \"drop\"\n\
+         [[blocklist.list]]\nfile = \"quarantined.en.txt\"\n[[blocklist.list]]\nfile = \"dropped.en.txt\"\n",
+    )
+    .unwrap();
+    let lines = [
+        request("mail", json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Write to jane@example.org please."}]}]), json!({"max_tokens": 2})),
+        request("zebra", json!([{"role": "user", "content": "Where is the zebra crossing?"}]), json!({"max_tokens": 2})),
+        request("elephant", json!([{"role": "user", "content": "Draw a purple elephant."}]), json!({"max_tokens": 2})),
+    ];
+    std::fs::write(dir.join("requests.jsonl"), lines.join("\n") + "\n").unwrap();
+    let spec = format!(
+        "name = \"filtered\"\n[source]\nkind = \"openai_batch\"\npath = \"requests.jsonl\"\n[model]\ndir = \"{}\"\ndevice = \"cpu\"\n\
+         [[task]]\nname = \"chat\"\nkind = \"chat\"\n[filters]\ninput = \"{}\"\n[sink]\ndir = \"out\"\nopenai_batch = \"results.jsonl\"\n",
+        repo().join("models/tiny-gemma4").display(),
+        dir.join("set.toml").display()
+    );
+    std::fs::write(dir.join("spec.toml"), spec).unwrap();
+    let out = run(&dir.join("spec.toml"), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (all, by_id) = output(dir);
+    assert_eq!(all.len(), 3);
+    response(&by_id["mail"][0]);
+    assert_eq!(error(&by_id["zebra"][0]).0, "quarantined");
+    assert!(error(&by_id["zebra"][0]).1.contains("quarantined"), "the reason names the filter");
+    assert_eq!(error(&by_id["elephant"][0]).0, "content_filter");
+
+    // The stored prompt is the redacted transcript; the decision's span points into it.
+    let df = table(dir, "results.lance");
+    let prompts = df.column("prompt").unwrap().str().unwrap().clone();
+    let decisions = df.column("filter_decisions").unwrap().str().unwrap().clone();
+    let ids = df.column("input_id").unwrap().str().unwrap().clone();
+    let i = (0..df.height()).find(|&i| ids.get(i) == Some("mail")).unwrap();
+    let prompt = prompts.get(i).unwrap();
+    assert_eq!(prompt, "system: Be brief.\n\nuser: Write to [EMAIL] please.");
+    let d: Value = serde_json::from_str(decisions.get(i).unwrap()).unwrap();
+    let span = &d[0]["span"];
+    let original = "system: Be brief.\n\nuser: Write to jane@example.org please.";
+    let (a, b) = (span[0].as_u64().unwrap() as usize, span[1].as_u64().unwrap() as usize);
+    assert_eq!(&original[a..b], "jane@example.org", "{d}");
+}
