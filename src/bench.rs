@@ -244,8 +244,10 @@ pub struct ExportFigure {
     pub seconds: f64,
     /// Resident memory before the export started (the program itself), KiB.
     pub rss_before_kib: Option<u64>,
-    /// Peak resident memory of the process, KiB.
+    /// Peak resident memory of the process, KiB (with the program's own pages: VmHWM).
     pub peak_rss_kib: Option<u64>,
+    /// Peak anonymous resident memory (the heap: what the export holds), sampled every 10 ms, KiB.
+    pub peak_anon_kib: Option<u64>,
     pub bytes: u64,
 }
 
@@ -263,14 +265,29 @@ pub fn export_figure(dir: &std::path::Path, format: &str) -> crate::Result<Expor
     })?;
     let rss_before_kib = rss_kib();
     let started = Instant::now();
-    rt.block_on(async {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = proc_status_kib("RssAnon:");
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(proc_status_kib("RssAnon:"));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak.max(proc_status_kib("RssAnon:"))
+        })
+    };
+    let result = rt.block_on(async {
         match format {
             "parquet" => crate::sink::export::export(&store, Some(&out), None).await,
             "jsonl" => crate::sink::export::export(&store, None, Some(&out)).await,
             other => Err(crate::Error::Sink(format!("unknown export format {other:?} (parquet or jsonl)"))),
         }
-    })?;
+    });
     let seconds = started.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_anon_kib = sampler.join().unwrap_or(None);
+    result?;
     let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-    Ok(ExportFigure { rows, format: format.into(), seconds, rss_before_kib, peak_rss_kib: peak_rss_kib(), bytes })
+    Ok(ExportFigure { rows, format: format.into(), seconds, rss_before_kib, peak_rss_kib: peak_rss_kib(), peak_anon_kib, bytes })
 }

@@ -240,3 +240,38 @@ fn filters_screen_each_text_part_and_filtered_requests_are_error_lines() {
     let (a, b) = (span[0].as_u64().unwrap() as usize, span[1].as_u64().unwrap() as usize);
     assert_eq!(&original[a..b], "jane@example.org", "{d}");
 }
+
+#[test]
+fn shards_of_a_request_file_write_the_output_at_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let lines: Vec<String> = (0..6)
+        .map(|i| request(&format!("r{i}"), json!([{"role": "user", "content": format!("Name {i} colours.")}]), json!({"max_tokens": 2})))
+        .chain(["not json".to_string()])
+        .collect();
+    std::fs::write(dir.join("requests.jsonl"), lines.join("\n") + "\n").unwrap();
+    for shard in ["0/2", "1/2"] {
+        let out = bin()
+            .arg("run")
+            .arg("--openai-batch")
+            .arg(dir.join("requests.jsonl"))
+            .arg("--model")
+            .arg(repo().join("models/tiny-gemma4"))
+            .arg("--out")
+            .arg(dir.join("results.jsonl"))
+            .args(["--device", "cpu", "--quiet", "--shard", shard])
+            .output()
+            .unwrap();
+        assert!(out.status.success() || out.status.code() == Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("is written by `gemma-batch commit"), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert!(!dir.join("results.jsonl").exists(), "shards do not write the output");
+    let out = bin().arg("commit").arg(dir.join("results.gemma-batch/spec.toml")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (all, by_id) = output(dir);
+    assert_eq!(all.len(), 7, "one line per request after the commit");
+    for i in 0..6 {
+        response(&by_id[&format!("r{i}")][0]);
+    }
+    assert_eq!(error(&by_id["<null>"][0]).0, "invalid_request");
+}

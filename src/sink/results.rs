@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::UInt32Type;
 use arrow_array::{Array, RecordBatch};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use lance::dataset::{Dataset, MergeInsertBuilder, NewColumnTransform, WhenMatched, WhenNotMatched};
 
 use super::{result_schema, to_batch, ResultRow};
@@ -33,6 +33,10 @@ pub struct FailedKey {
 pub const STREAM_BATCH_ROWS: usize = 8192;
 /// Bytes of storage reads a stream holds ahead of what it returned.
 const STREAM_IO_BUFFER_BYTES: u64 = 32 << 20;
+/// Rows of data files one scan of [`ResultStore::stream`] reads (a file is not split).
+pub const STREAM_GROUP_ROWS: usize = 65_536;
+/// Bytes of file metadata (and index) a stream keeps cached.
+const STREAM_CACHE_BYTES: usize = 8 << 20;
 
 /// Record batches read from a table, one at a time.
 pub type BatchStream = futures::stream::BoxStream<'static, Result<RecordBatch>>;
@@ -206,20 +210,57 @@ impl ResultStore {
     }
 
     /// The rows of the latest version as a stream of record batches of at most
-    /// [`STREAM_BATCH_ROWS`] rows, with the scan's read-ahead bounded, so that reading a table
-    /// of any size holds a few batches at a time. None when the table does not exist.
+    /// [`STREAM_BATCH_ROWS`] rows, so that reading a table of any size holds a few batches at
+    /// a time: the data files are scanned a group of about [`STREAM_GROUP_ROWS`] rows after
+    /// another (a scan keeps what it opened until it ends), with the read-ahead and the caches
+    /// bounded. None when the table does not exist.
     pub async fn stream(&self, columns: Option<&[&str]>) -> Result<Option<BatchStream>> {
-        use futures::StreamExt;
-        let Some(ds) = self.open().await? else { return Ok(None) };
-        let err = Error::lance(&self.uri);
-        let mut scan = ds.scan();
-        if let Some(cols) = columns {
-            scan.project(cols).map_err(&err)?;
+        if self.open().await?.is_none() {
+            return Ok(None);
         }
-        scan.batch_size(STREAM_BATCH_ROWS).batch_readahead(2).fragment_readahead(1).io_buffer_size(STREAM_IO_BUFFER_BYTES);
-        let stream = scan.try_into_stream().await.map_err(&err)?;
+        // Small caches: the default metadata cache (1 GiB) keeps every data file's metadata
+        // read, and so grows with the table.
+        let ds = lance::dataset::builder::DatasetBuilder::from_uri(&self.uri)
+            .with_metadata_cache_size_bytes(STREAM_CACHE_BYTES)
+            .with_index_cache_size_bytes(STREAM_CACHE_BYTES)
+            .load()
+            .await
+            .map_err(Error::lance(&self.uri))?;
+        let mut groups: Vec<Vec<lance::table::format::Fragment>> = Vec::new();
+        let mut rows = usize::MAX;
+        for f in ds.get_fragments() {
+            let f = f.metadata().clone();
+            let n = f.physical_rows.unwrap_or(STREAM_GROUP_ROWS);
+            match groups.last_mut() {
+                Some(g) if rows < STREAM_GROUP_ROWS => {
+                    rows += n;
+                    g.push(f);
+                }
+                _ => {
+                    rows = n;
+                    groups.push(vec![f]);
+                }
+            }
+        }
+        let ds = Arc::new(ds);
+        let columns: Option<Vec<String>> = columns.map(|c| c.iter().map(|s| s.to_string()).collect());
         let uri = self.uri.clone();
-        Ok(Some(stream.map(move |b| b.map_err(Error::lance(&uri))).boxed()))
+        let stream = futures::stream::iter(groups)
+            .then(move |group| {
+                let (ds, columns, uri) = (ds.clone(), columns.clone(), uri.clone());
+                async move {
+                    let mut scan = ds.scan();
+                    scan.with_fragments(group);
+                    if let Some(cols) = &columns {
+                        scan.project(cols).map_err(Error::lance(&uri))?;
+                    }
+                    scan.batch_size(STREAM_BATCH_ROWS).batch_readahead(2).fragment_readahead(1).io_buffer_size(STREAM_IO_BUFFER_BYTES);
+                    let batches = scan.try_into_stream().await.map_err(Error::lance(&uri))?;
+                    Ok::<_, Error>(batches.map(move |b| b.map_err(Error::lance(&uri))))
+                }
+            })
+            .try_flatten();
+        Ok(Some(stream.boxed()))
     }
 
     /// The table's columns (None when it does not exist).
