@@ -177,27 +177,6 @@ pub struct CompactionTiming {
 /// read again; also times the same rows written in one commit. Tables go under `dir`.
 pub fn compaction(dir: &std::path::Path, rows: usize, commits: usize, repeats: usize) -> crate::Result<CompactionTiming> {
     use crate::sink::{ResultRow, ResultStore};
-    let make = |i: usize| ResultRow {
-        key: crate::util::hash_text(&["bench", &i.to_string()]),
-        input_id: format!("row-{i:06}"),
-        content_hash: crate::util::hash_text(&["content", &i.to_string()]),
-        task: "qa".into(),
-        prompt_hash: "p".into(),
-        prompt: format!("What is the total of invoice {i}?"),
-        output: Some(format!("The total of invoice {i} is {}.{:02} EUR.", i * 7 % 1000, i % 100)),
-        finish_reason: Some("stop".into()),
-        prompt_tokens: Some(24),
-        output_tokens: Some(12),
-        attempts: 1,
-        run_id: format!("run-{}", i * commits / rows.max(1)),
-        backend: "ort".into(),
-        device: "cpu".into(),
-        dtype: "fp32".into(),
-        model_id: "bench".into(),
-        model_hash: "h".into(),
-        created_at_ms: i as i64,
-        ..Default::default()
-    };
     let rt = crate::util::runtime(0)?;
     let time_read = |store: &ResultStore| -> crate::Result<f64> {
         let mut best = f64::INFINITY;
@@ -213,7 +192,7 @@ pub fn compaction(dir: &std::path::Path, rows: usize, commits: usize, repeats: u
     };
     let many = ResultStore::new(dir.join("many-commits.lance").display().to_string());
     let one = ResultStore::new(dir.join("one-commit.lance").display().to_string());
-    let all: Vec<ResultRow> = (0..rows).map(make).collect();
+    let all: Vec<ResultRow> = synthetic_results(0, rows);
     let per = rows.div_ceil(commits.max(1));
     for chunk in all.chunks(per.max(1)) {
         rt.block_on(many.upsert(chunk))?;
@@ -233,4 +212,137 @@ pub fn compaction(dir: &std::path::Path, rows: usize, commits: usize, repeats: u
         read_after: time_read(&many)?,
         read_single_commit,
     })
+}
+
+/// Synthetic result rows `from..to`, as a VQA run over document pages stores them, with kept
+/// input columns (a question and a list of answers).
+pub fn synthetic_results(from: usize, to: usize) -> Vec<crate::sink::ResultRow> {
+    use crate::util::hash_text;
+    let model_hash = hash_text(&["bench model"]);
+    (from..to)
+        .map(|i| {
+            let n = i.to_string();
+            let key = hash_text(&["key", &n]);
+            let question = format!("Question {i}: what is the total amount due on this invoice page?");
+            let total = format!("{}.{:02} EUR", i * 7 % 10_000, i % 100);
+            crate::sink::ResultRow {
+                content_hash: hash_text(&["content", &n]),
+                prompt_hash: hash_text(&["prompt", &n]),
+                input_id: format!("doc-{:07}-page-{}", i / 4, i % 4 + 1),
+                task: "qa".into(),
+                prompt: format!("Document:\nInvoice {i}, issued 2024-03-14, total {total}.\n\n{question}"),
+                output: Some(format!("The total amount due is {total}.")),
+                finish_reason: Some("stop".into()),
+                prompt_tokens: Some(40 + (i % 50) as u32),
+                output_tokens: Some(9),
+                latency_ms: Some(12.5 + (i % 17) as f64),
+                attempts: 1,
+                run_id: "0123456789abcdef".into(),
+                backend: "ort".into(),
+                device: "cpu".into(),
+                dtype: "fp32".into(),
+                model_id: "tiny-gemma4".into(),
+                model_hash: model_hash.clone(),
+                created_at_ms: 1_700_000_000_000 + i as i64,
+                input_columns: Some(serde_json::json!({"question": question, "answers": [total, format!("{} EUR", i * 7 % 10_000)]}).to_string()),
+                key,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// Writes a results table of `rows` synthetic rows at `uri`, 10,000 rows a batch (memory does
+/// not grow with `rows`), in data files of at most `rows_per_file` rows. A run's table is made
+/// of one fragment per commit (`sink.commit_every` rows at most); a compacted table has large
+/// files, whose pages a scan holds one per column at a time.
+pub fn write_results_table(uri: &str, rows: usize, rows_per_file: usize) -> crate::Result<()> {
+    const CHUNK: usize = 10_000;
+    let schema = crate::sink::result_schema();
+    let batches = (0..rows.div_ceil(CHUNK)).map(move |c| {
+        let rows = synthetic_results(c * CHUNK, ((c + 1) * CHUNK).min(rows));
+        crate::sink::to_batch(&rows).map_err(|e| arrow_schema::ArrowError::ExternalError(Box::new(e)))
+    });
+    let reader = arrow_array::RecordBatchIterator::new(batches, schema);
+    let params = lance::dataset::WriteParams {
+        mode: lance::dataset::WriteMode::Overwrite,
+        max_rows_per_file: rows_per_file.max(1),
+        ..Default::default()
+    };
+    crate::util::runtime(2)?.block_on(async {
+        lance::dataset::Dataset::write(reader, uri, Some(params)).await.map_err(crate::Error::lance(uri))?;
+        crate::sink::ResultStore::new(uri).ensure_exists().await
+    })
+}
+
+/// This process's peak resident memory so far (`VmHWM`), in KiB; None where /proc has none.
+pub fn peak_rss_kib() -> Option<u64> {
+    proc_status_kib("VmHWM:")
+}
+
+/// This process's resident memory now (`VmRSS`), in KiB.
+pub fn rss_kib() -> Option<u64> {
+    proc_status_kib("VmRSS:")
+}
+
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// One export of a results table, measured in a process that did nothing else.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ExportFigure {
+    pub rows: u64,
+    pub format: String,
+    pub seconds: f64,
+    /// Resident memory before the export started (the program itself), KiB.
+    pub rss_before_kib: Option<u64>,
+    /// Peak resident memory of the process, KiB (with the program's own pages: VmHWM).
+    pub peak_rss_kib: Option<u64>,
+    /// Peak anonymous resident memory (the heap: what the export holds), sampled every 10 ms, KiB.
+    pub peak_anon_kib: Option<u64>,
+    pub bytes: u64,
+}
+
+/// Exports the table in `dir/results.lance` to `dir/results.FORMAT` and measures it (call it in
+/// a fresh process: the peak is the process's).
+pub fn export_figure(dir: &std::path::Path, format: &str) -> crate::Result<ExportFigure> {
+    let store = crate::sink::ResultStore::new(dir.join("results.lance").display().to_string());
+    let out = dir.join(format!("results.{format}"));
+    let rt = crate::util::runtime(2)?;
+    let rows = rt.block_on(async {
+        match store.open().await? {
+            Some(ds) => ds.count_rows(None).await.map(|n| n as u64).map_err(crate::Error::lance(store.uri())),
+            None => Ok(0),
+        }
+    })?;
+    let rss_before_kib = rss_kib();
+    let started = Instant::now();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = proc_status_kib("RssAnon:");
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(proc_status_kib("RssAnon:"));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak.max(proc_status_kib("RssAnon:"))
+        })
+    };
+    let result = rt.block_on(async {
+        match format {
+            "parquet" => crate::sink::export::export(&store, Some(&out), None).await,
+            "jsonl" => crate::sink::export::export(&store, None, Some(&out)).await,
+            other => Err(crate::Error::Sink(format!("unknown export format {other:?} (parquet or jsonl)"))),
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_anon_kib = sampler.join().unwrap_or(None);
+    result?;
+    let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    Ok(ExportFigure { rows, format: format.into(), seconds, rss_before_kib, peak_rss_kib: peak_rss_kib(), peak_anon_kib, bytes })
 }

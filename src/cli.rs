@@ -19,6 +19,7 @@ use crate::model::{
     after_help = "Examples:\n  \
         gemma-batch run pipelines/demo.toml\n  \
         gemma-batch run pipelines/demo.toml --shard 0/4 && gemma-batch commit pipelines/demo.toml\n  \
+        gemma-batch run --openai-batch requests.jsonl --model models/tiny-gemma4 --out results.jsonl\n  \
         echo \"mail jane@example.org\" | gemma-batch filter --set default --no-policy\n  \
         gemma-batch eval evals/demo.toml && gemma-batch report --compare OLD/record.json runs/eval-demo/report\n  \
         gemma-batch generate --model models/tiny-gemma4 --prompt \"Describe this image.\" --image photo.png"
@@ -37,7 +38,11 @@ enum Command {
         gemma-batch run pipelines/demo.toml --shard 2/8           # one of 8 shard processes\n  \
         gemma-batch run pipelines/demo.toml --shards 8            # index from the scheduler (see --shards)\n  \
         gemma-batch run pipelines/demo.toml --max-attempts 5      # retry failed rows, 5 tries in all\n  \
-        gemma-batch run pipelines/demo.toml --wait                # wait while another run holds the sink\n\n\
+        gemma-batch run pipelines/demo.toml --wait                # wait while another run holds the sink\n  \
+        gemma-batch run --openai-batch requests.jsonl --model models/tiny-gemma4 --out results.jsonl\n\n\
+        --openai-batch runs an OpenAI Batch API / vLLM run-batch request file unchanged: it writes a spec\n\
+        (SINK/spec.toml; rerun it with `gemma-batch run SINK/spec.toml`), runs it and writes one output line\n\
+        per request (a response, or an error with a code: invalid_request, duplicate_custom_id, ...).\n\n\
         Rerunning skips rows already done and retries failed ones. Every (row, task, configuration) is\n\
         stored once, whatever runs overlap. SIGINT or SIGTERM: the rows in flight are committed and the\n\
         run exits resumable; a second signal stops at once.\n\n\
@@ -196,7 +201,37 @@ struct GenerateArgs {
 #[derive(Args)]
 struct RunArgs {
     /// Pipeline spec (TOML); relative paths in it are relative to its directory.
-    spec: PathBuf,
+    #[arg(required_unless_present = "openai_batch", conflicts_with = "openai_batch")]
+    spec: Option<PathBuf>,
+    /// Run an OpenAI Batch API (or vLLM run-batch) request file as it is: writes a spec for it
+    /// into the sink directory, runs it (resumable) and writes --out in the batch output layout.
+    #[arg(long, value_name = "REQUESTS", requires_all = ["model", "out"])]
+    openai_batch: Option<PathBuf>,
+    /// With --openai-batch: the model directory.
+    #[arg(long, value_name = "DIR", requires = "openai_batch")]
+    model: Option<PathBuf>,
+    /// With --openai-batch: the output file (one JSON line per request).
+    #[arg(long, value_name = "FILE", requires = "openai_batch")]
+    out: Option<PathBuf>,
+    /// With --openai-batch: where the spec, the results tables and run records go (default:
+    /// OUT's name with .gemma-batch, beside it).
+    #[arg(long, value_name = "DIR", requires = "openai_batch")]
+    sink: Option<PathBuf>,
+    /// With --openai-batch: new tokens for requests that set neither max_completion_tokens nor max_tokens.
+    #[arg(long, value_name = "N", default_value_t = 256, requires = "openai_batch")]
+    max_new_tokens: usize,
+    /// With --openai-batch: rows decoding together.
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "openai_batch")]
+    batch_size: usize,
+    /// With --openai-batch: inference engine.
+    #[arg(long, value_enum, default_value = "ort", requires = "openai_batch")]
+    backend: BackendKind,
+    /// With --openai-batch: auto uses CUDA when ONNX Runtime has it.
+    #[arg(long, value_enum, default_value = "auto", requires = "openai_batch")]
+    device: Device,
+    /// With --openai-batch: which exported variant to load.
+    #[arg(long, value_enum, default_value = "fp32", requires = "openai_batch")]
+    dtype: Variant,
     /// Handle shard I of N (0-based): `--shard 0/4`.
     #[arg(long, value_name = "I/N", conflicts_with = "shards")]
     shard: Option<String>,
@@ -329,6 +364,12 @@ and prints the ratios.")]
     #[command(after_help = "Examples:\n  gemma-batch bench compact\n  gemma-batch bench compact --rows 100000 --commits 500\n\n\
 Builds the tables in a temporary directory (--dir to keep them) and reads each whole table.")]
     Compact(BenchCompactArgs),
+    /// Peak memory of exporting results tables of growing size (streamed exports stay flat).
+    #[command(after_help = "Examples:\n  gemma-batch bench export\n  \
+gemma-batch bench export --rows 10000,1000000 --formats parquet,jsonl --dir /tmp/export-bench\n\n\
+Writes a results table of synthetic rows (with kept input columns) for each size, then exports it\n\
+in a fresh process of its own and prints that process's peak resident memory (VmHWM).")]
+    Export(BenchExportArgs),
 }
 
 #[derive(Args)]
@@ -345,6 +386,26 @@ struct BenchCompactArgs {
     /// Where to build the tables (kept); default a temporary directory, removed after.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchExportArgs {
+    /// Table sizes in rows; ratios are against the first.
+    #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
+    rows: Vec<usize>,
+    /// Export formats to measure.
+    #[arg(long, value_delimiter = ',', default_value = "parquet,jsonl")]
+    formats: Vec<String>,
+    /// Rows per data file of the tables written (a run writes one fragment per commit of at
+    /// most sink.commit_every rows; a compacted table has files of up to a million rows).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    rows_per_file: usize,
+    /// Where the tables and exports go (kept); default a temporary directory, removed after.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Internal: export the table in DIR in this process and print the figure as JSON.
+    #[arg(long, value_name = "DIR", hide = true)]
+    export_only: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -435,6 +496,7 @@ pub fn main() -> ExitCode {
         Command::Bench(BenchCommand::Filters(args)) => bench_filters(args),
         Command::Bench(BenchCommand::Generate(args)) => bench_generate(args),
         Command::Bench(BenchCommand::Compact(args)) => bench_compact(args),
+        Command::Bench(BenchCommand::Export(args)) => bench_export(args),
     };
     match result {
         Ok(code) => code,
@@ -500,9 +562,59 @@ fn generate(args: GenerateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The spec `run --openai-batch` writes: the request file, the model, one `chat` task and the
+/// OpenAI output, with the results tables in the sink directory beside it.
+fn openai_batch_spec(args: &RunArgs, requests: &std::path::Path) -> Result<PathBuf> {
+    use toml::Value as V;
+    let (model, out) = (args.model.as_ref().expect("clap requires it"), args.out.as_ref().expect("clap requires it"));
+    anyhow::ensure!(requests.is_file(), "--openai-batch {}: not a file", requests.display());
+    let out = std::path::absolute(out)?;
+    let sink = match &args.sink {
+        Some(s) => std::path::absolute(s)?,
+        None => {
+            let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "results".into());
+            out.with_file_name(format!("{stem}.gemma-batch"))
+        }
+    };
+    std::fs::create_dir_all(&sink).with_context(|| format!("creating {}", sink.display()))?;
+    // TOML strings, quoted and escaped.
+    let q = |s: String| V::String(s).to_string();
+    let abs = |p: &std::path::Path| -> Result<String> { Ok(q(std::path::absolute(p)?.display().to_string())) };
+    let text = format!(
+        "# Written by `gemma-batch run --openai-batch`; run it again with `gemma-batch run {spec}`.\n\
+         # Requests without max_completion_tokens / max_tokens get the task's max_new_tokens; requests\n\
+         # without temperature are decoded greedily.\n\
+         name = \"openai-batch\"\n\n\
+         [source]\nkind = \"openai_batch\"\npath = {requests}\n\n\
+         [model]\ndir = {model}\nbackend = {backend}\ndevice = {device}\ndtype = {dtype}\nbatch_size = {batch}\n\n\
+         [[task]]\nname = \"chat\"\nkind = \"chat\"\nmax_new_tokens = {max_new}\n\n\
+         [sink]\ndir = \".\"\nopenai_batch = {out}\n",
+        spec = sink.join("spec.toml").display(),
+        requests = abs(requests)?,
+        model = abs(model)?,
+        backend = q(crate::util::enum_name(&args.backend)),
+        device = q(crate::util::enum_name(&args.device)),
+        dtype = q(crate::util::enum_name(&args.dtype)),
+        batch = args.batch_size,
+        max_new = args.max_new_tokens,
+        out = abs(&out)?,
+    );
+    let path = sink.join("spec.toml");
+    crate::sink::export::write_atomically(&path, |f| {
+        use std::io::Write;
+        f.write_all(text.as_bytes()).map_err(|e| crate::Error::io(&path, e))
+    })?;
+    Ok(path)
+}
+
 fn run(args: RunArgs) -> Result<ExitCode> {
     use crate::pipeline::{RunOptions, Shard};
-    let spec = crate::spec::PipelineSpec::load(&args.spec)?;
+    let spec_path = match (&args.spec, &args.openai_batch) {
+        (Some(p), _) => p.clone(),
+        (None, Some(requests)) => openai_batch_spec(&args, requests)?,
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let spec = crate::spec::PipelineSpec::load(&spec_path)?;
     let shard = match (&args.shard, args.shards) {
         (Some(s), _) => Some(Shard::parse(s).map_err(anyhow::Error::msg)?),
         (None, count) => Shard::from_env(count).map_err(anyhow::Error::msg)?,
@@ -521,7 +633,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         Ok(s) => s,
         // Not "running SPEC: ...": the message already says what to do.
         Err(e @ crate::Error::LeaseHeld(_)) => return Err(e.into()),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("running {}", args.spec.display()))),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("running {}", spec_path.display()))),
     };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -541,7 +653,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         match (summary.version, shard) {
             (Some(v), _) => println!("results: {} (version {v})", summary.results),
             (None, Some(s)) => println!("results: written for shard {}/{}; commit them with `gemma-batch commit {}`",
-                s.index, s.count, args.spec.display()),
+                s.index, s.count, spec_path.display()),
             (None, None) => println!("results: {} (nothing new to commit)", summary.results),
         }
         println!("run records: {} (spec, versions, start/end and counts of every run)", summary.runs);
@@ -560,6 +672,16 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         }
         if let Some(p) = &spec.sink.jsonl {
             println!("export: {}", spec.resolve(p).display());
+        }
+        match (&summary.openai_batch, &spec.sink.openai_batch) {
+            (Some(o), _) => println!("output: {} ({} lines: {} responses, {} errors)", o.path, o.lines, o.responses, o.errors),
+            (None, Some(p)) if !summary.interrupted && shard.is_some() => {
+                println!("output: {} is written by `gemma-batch commit {}`", spec.resolve(p).display(), spec_path.display())
+            }
+            _ => {}
+        }
+        if args.openai_batch.is_some() {
+            println!("spec: {} (rerun with `gemma-batch run {}`)", spec_path.display(), spec_path.display());
         }
     }
     Ok(if summary.interrupted {
@@ -760,6 +882,73 @@ fn bench_compact(args: BenchCompactArgs) -> Result<ExitCode> {
     ] {
         println!("{name:<34} {frags:>9} {:>10.1} {:>7.2}x", secs * 1e3, secs / t.read_single_commit);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_export(args: BenchExportArgs) -> Result<ExitCode> {
+    if let Some(dir) = &args.export_only {
+        for format in &args.formats {
+            let figure = crate::bench::export_figure(dir, format)?;
+            println!("{}", serde_json::to_string(&figure)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    anyhow::ensure!(!args.rows.is_empty() && !args.rows.contains(&0), "--rows: give table sizes of at least 1 row");
+    // Without --dir: a directory of this process's own, removed when done (or on an error).
+    struct Removed(Option<PathBuf>);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            if let Some(d) = &self.0 {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    let temp = Removed(args.dir.is_none().then(|| std::env::temp_dir().join(format!("gemma-batch-bench-export-{}", std::process::id()))));
+    let base = args.dir.clone().or_else(|| temp.0.clone()).expect("one of them");
+    let exe = std::env::current_exe().context("finding this program")?;
+    let mut figures: Vec<crate::bench::ExportFigure> = Vec::new();
+    for &rows in &args.rows {
+        let dir = base.join(format!("rows-{rows}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        eprintln!("writing a table of {rows} rows ({} rows a data file) in {}", args.rows_per_file, dir.display());
+        crate::bench::write_results_table(&dir.join("results.lance").display().to_string(), rows, args.rows_per_file)?;
+        // Each format in a process of its own: the peak is that export's.
+        for format in &args.formats {
+            let out = std::process::Command::new(&exe)
+                .args(["bench", "export", "--formats", format, "--export-only"])
+                .arg(&dir)
+                .output()
+                .context("running the export process")?;
+            anyhow::ensure!(out.status.success(), "the export of {rows} rows failed: {}", String::from_utf8_lossy(&out.stderr));
+            let text = String::from_utf8_lossy(&out.stdout);
+            figures.push(serde_json::from_str(text.trim()).with_context(|| format!("reading the export figure {text:?}"))?);
+        }
+    }
+    println!(
+        "{:>10} {:>8} {:>9} {:>11} {:>15} {:>14} {:>10} {:>15} {:>10}",
+        "rows", "format", "seconds", "MB written", "RSS before MiB", "peak RSS MiB", "vs first", "peak heap MiB", "vs first"
+    );
+    let mib = |k: Option<u64>| k.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "n/a".into());
+    let ratio = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0 => format!("{:.2}x", a as f64 / b as f64),
+        _ => "n/a".into(),
+    };
+    for f in &figures {
+        let first = figures.iter().find(|g| g.format == f.format).expect("f itself at least");
+        println!(
+            "{:>10} {:>8} {:>9.2} {:>11.1} {:>15} {:>14} {:>10} {:>15} {:>10}",
+            f.rows,
+            f.format,
+            f.seconds,
+            f.bytes as f64 / 1e6,
+            mib(f.rss_before_kib),
+            mib(f.peak_rss_kib),
+            ratio(f.peak_rss_kib, first.peak_rss_kib),
+            mib(f.peak_anon_kib),
+            ratio(f.peak_anon_kib, first.peak_anon_kib)
+        );
+    }
+    println!("peak RSS includes the program's own mapped code; peak heap is the anonymous memory (RssAnon), sampled");
     Ok(ExitCode::SUCCESS)
 }
 

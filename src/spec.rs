@@ -42,6 +42,9 @@ pub enum SourceKind {
     Pdfs,
     /// A Lance dataset (a local directory or an object-store URI).
     Lance,
+    /// An OpenAI Batch API / vLLM `run-batch` request file (JSON lines of `custom_id`,
+    /// `method`, `url` and a chat completion `body`), for `chat` tasks.
+    OpenaiBatch,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +180,9 @@ pub enum TaskKind {
     Extract,
     /// A free prompt `template` (minijinja) over the row's columns.
     Prompt,
+    /// The row's own conversation (an `openai_batch` source): its messages, images and
+    /// generation parameters; the task's parameters are the defaults for requests without them.
+    Chat,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -232,9 +238,16 @@ pub struct SinkSpec {
     /// Also export all results as Parquet / JSON lines after the run.
     pub parquet: Option<String>,
     pub jsonl: Option<String>,
+    /// Also export the results in the OpenAI Batch API output layout (one line per request,
+    /// `custom_id`, `response`, `error`); needs exactly one task.
+    pub openai_batch: Option<String>,
     /// Rows per commit: each commit is a Lance version; a crash loses at most this many rows of work.
     #[serde(default = "default_commit_every")]
     pub commit_every: usize,
+    /// Input columns copied into every result row (stored as one JSON object in the column
+    /// `input_columns`; the exports make each a column of its own).
+    #[serde(default)]
+    pub keep_columns: Vec<String>,
 }
 
 fn default_commit_every() -> usize {
@@ -309,8 +322,46 @@ impl PipelineSpec {
             if !(t.top_p > 0.0 && t.top_p <= 1.0) {
                 return Err(format!("task {:?}: top_p must be in (0, 1]", t.name));
             }
+            if t.kind == TaskKind::Chat && self.source.kind != SourceKind::OpenaiBatch {
+                return Err(format!(
+                    "task {:?}: a chat task answers the conversations of an openai_batch source (source.kind = \"openai_batch\")",
+                    t.name
+                ));
+            }
+        }
+        if self.source.kind == SourceKind::OpenaiBatch && !(self.tasks.len() == 1 && self.tasks[0].kind == TaskKind::Chat) {
+            return Err("an openai_batch source is answered by exactly one task, of kind \"chat\" (one response per request)".into());
+        }
+        if self.sink.openai_batch.is_some() && self.tasks.len() != 1 {
+            return Err(format!(
+                "sink.openai_batch writes one line per input row, so the spec needs exactly one task (it has {})",
+                self.tasks.len()
+            ));
+        }
+        let mut kept = std::collections::HashSet::new();
+        for c in &self.sink.keep_columns {
+            if c.is_empty() {
+                return Err("sink.keep_columns: a column name is empty".into());
+            }
+            if !kept.insert(c) {
+                return Err(format!("sink.keep_columns: {c:?} is listed twice"));
+            }
         }
         self.check_bounds()
+    }
+
+    /// The input columns each result row carries: `sink.keep_columns`, and for an
+    /// `openai_batch` source always `custom_id` and `model` (its output names them).
+    pub fn kept_columns(&self) -> Vec<String> {
+        let mut cols = self.sink.keep_columns.clone();
+        if self.source.kind == SourceKind::OpenaiBatch {
+            for c in crate::source::OPENAI_KEPT_COLUMNS {
+                if !cols.iter().any(|k| k == c) {
+                    cols.push(c.to_string());
+                }
+            }
+        }
+        cols
     }
 
     /// Every numeric key that sizes an allocation or a loop is range-checked here, so a typo
@@ -419,6 +470,35 @@ dir = "out"
         ] {
             load_with(table, line).unwrap_or_else(|e| panic!("{line}: {e}"));
         }
+    }
+
+    #[test]
+    fn the_commented_example_loads() {
+        let spec = PipelineSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/example.toml")).unwrap();
+        assert_eq!(spec.sink.keep_columns, ["question", "answers"]);
+        assert_eq!(spec.kept_columns(), ["question", "answers"]);
+    }
+
+    #[test]
+    fn request_files_chat_tasks_and_kept_columns_are_checked() {
+        let chat_over_jsonl = MINIMAL.replace("kind = \"caption\"", "kind = \"chat\"");
+        let requests_with_caption = MINIMAL.replace("kind = \"jsonl\"", "kind = \"openai_batch\"");
+        let requests = requests_with_caption.replace("kind = \"caption\"", "kind = \"chat\"");
+        let two_tasks = format!("{MINIMAL}\n[[task]]\nname = \"d\"\nkind = \"caption\"\n").replace("[sink]\ndir = \"out\"", "");
+        let two_tasks = format!("{two_tasks}\n[sink]\ndir = \"out\"\nopenai_batch = \"o.jsonl\"\n");
+        let dup = MINIMAL.replace("dir = \"out\"", "dir = \"out\"\nkeep_columns = [\"a\", \"a\"]");
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| PipelineSpec::from_text(text.to_string(), &dir.path().join("spec.toml"));
+        let message = |text: &str| match load(text) {
+            Err(Error::Spec { message, .. }) => message,
+            other => panic!("should be a spec error: {:?}", other.map(|s| s.name)),
+        };
+        assert!(message(&chat_over_jsonl).contains("openai_batch"));
+        assert!(message(&requests_with_caption).contains("exactly one task, of kind \"chat\""));
+        assert!(message(&two_tasks).contains("sink.openai_batch"));
+        assert!(message(&dup).contains("\"a\" is listed twice"));
+        let spec = load(&requests).unwrap();
+        assert_eq!(spec.kept_columns(), ["custom_id", "model"], "a request row always keeps its custom_id and model");
     }
 
     #[test]

@@ -454,3 +454,63 @@ fn continuous_batching_in_run_gives_each_row_its_output_alone() {
         assert_eq!(tokens.get(i).map(|t| t as usize), alone["token_ids"].as_array().map(|a| a.len()));
     }
 }
+
+#[test]
+fn kept_input_columns_appear_in_both_exports_and_unknown_ones_are_spec_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("qa.jsonl");
+    let rows: String = (0..5)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("q{i}"),
+                "text": format!("Invoice {i}: total {i}0 EUR."),
+                "question": format!("What is the total of invoice {i}?"),
+                "answers": [format!("{i}0 EUR"), format!("{i}0")],
+                "meta": {"page": i},
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(&data, rows).unwrap();
+    let source = format!("[source]\nkind = \"jsonl\"\npath = \"{}\"\nid_column = \"id\"\ntext_column = \"text\"\n", data.display());
+    let tasks = "[[task]]\nname = \"qa\"\nkind = \"vqa\"\nquestion_column = \"question\"\nmax_new_tokens = 2\n";
+    let sink = "jsonl = \"results.jsonl\"\nparquet = \"results.parquet\"\nkeep_columns = [\"question\", \"answers\", \"meta\"]";
+    let spec = write_spec(tmp.path(), &source, tasks, sink);
+    let out = run(&spec, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(tmp.path().join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    for l in &lines {
+        let i: usize = l["input_id"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(l["question"], format!("What is the total of invoice {i}?"), "{l}");
+        assert_eq!(l["answers"], serde_json::json!([format!("{i}0 EUR"), format!("{i}0")]), "{l}");
+        assert_eq!(l["meta"], serde_json::json!({"page": i}), "{l}");
+        assert!(l.get("input_columns").is_none() && l.get("text").is_none(), "only the kept columns: {l}");
+    }
+
+    use polars::prelude::{DataType, SerReader};
+    let df = polars::prelude::ParquetReader::new(std::fs::File::open(tmp.path().join("results.parquet")).unwrap()).finish().unwrap();
+    assert_eq!(df.height(), 5);
+    assert_eq!(df.column("question").unwrap().dtype(), &DataType::String);
+    assert_eq!(df.column("answers").unwrap().dtype(), &DataType::List(Box::new(DataType::String)));
+    let ids = df.column("input_id").unwrap().str().unwrap().clone();
+    let questions = df.column("question").unwrap().str().unwrap().clone();
+    for i in 0..5 {
+        let id = ids.get(i).unwrap();
+        assert_eq!(questions.get(i).unwrap(), format!("What is the total of invoice {}?", &id[1..]));
+    }
+    assert!(df.column("meta").unwrap().str().unwrap().get(0).unwrap().contains("\"page\""), "objects as JSON text");
+
+    // A kept column the source does not have: an error before any work, naming it.
+    let spec = write_spec(tmp.path(), &source, tasks, "keep_columns = [\"question\", \"nope\"]");
+    let out = run(&spec, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sink.keep_columns") && stderr.contains("`nope`"), "{stderr}");
+}

@@ -769,27 +769,46 @@ impl Preparer {
             return Err(Error::Prompt("this model has no vision encoder, but images were given".into()));
         }
         let text = self.render_prompt(request.system.as_deref(), &request.prompt, request.images.len())?;
-        let ids = self.tokenizer.encode(&text)?;
+        self.prepare_rendered(&text, &request.images)
+    }
+
+    /// [`prepare`](Self::prepare) for a whole conversation (system, user and assistant turns,
+    /// rendered by the chat template); `images` fill its image parts in order.
+    pub fn prepare_chat(&self, messages: &[Message], images: &[ImageSource]) -> Result<Prepared> {
+        if !images.is_empty() && !self.has_vision {
+            return Err(Error::Prompt("this model has no vision encoder, but images were given".into()));
+        }
+        let parts = messages.iter().flat_map(|m| &m.content).filter(|c| matches!(c, crate::prepare::chat::Content::Image {})).count();
+        if parts != images.len() {
+            return Err(Error::Prompt(format!("the conversation has {parts} image parts but {} images were given", images.len())));
+        }
+        let text = self.chat.render(messages, true)?;
+        self.prepare_rendered(&text, images)
+    }
+
+    /// Tokenizes a rendered prompt and expands its image tokens with the prepared images.
+    fn prepare_rendered(&self, text: &str, request_images: &[ImageSource]) -> Result<Prepared> {
+        let ids = self.tokenizer.encode(text)?;
         let special = &self.tokenizer.special;
         let found = ids.iter().filter(|&&t| t == special.image).count();
-        if found != request.images.len() {
+        if found != request_images.len() {
             return Err(Error::Prompt(format!(
                 "the rendered prompt has {found} image tokens but {} images were given \
                  (does the prompt text contain an image token itself?)",
-                request.images.len()
+                request_images.len()
             )));
         }
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.vocab) {
             return Err(Error::Prompt(format!("token id {bad} is outside the model's vocabulary of {}", self.vocab)));
         }
         // Each image token becomes boi + soft tokens + eoi.
-        let mut count = ids.len() + request.images.len();
+        let mut count = ids.len() + request_images.len();
         if count >= self.context {
             // Soft tokens are not counted yet: the prompt is at least this long.
-            return Err(too_long(count, self.context, 1, !request.images.is_empty()).into());
+            return Err(too_long(count, self.context, 1, !request_images.is_empty()).into());
         }
-        let mut images = Vec::with_capacity(request.images.len());
-        for src in &request.images {
+        let mut images = Vec::with_capacity(request_images.len());
+        for src in request_images {
             let img = match src {
                 ImageSource::Path(p) => self.images.prepare_path(p),
                 ImageSource::Bytes { name, bytes } => self.images.prepare_bytes(bytes, name),
@@ -798,7 +817,7 @@ impl Preparer {
             count += img.num_soft_tokens;
             images.push(img);
             if count >= self.context {
-                return Err(too_long(count, self.context, 1, images.len() < request.images.len()).into());
+                return Err(too_long(count, self.context, 1, images.len() < request_images.len()).into());
             }
         }
         let mut input_ids = Vec::with_capacity(count);

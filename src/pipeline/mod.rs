@@ -125,6 +125,8 @@ pub struct RunSummary {
     /// with the same content and prompt share a key (one stored result).
     #[serde(skip)]
     pub keys: Vec<(String, String)>,
+    /// The OpenAI batch output written (`sink.openai_batch`), when the run finished.
+    pub openai_batch: Option<crate::sink::export::OpenaiExport>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -263,7 +265,8 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         item_tx,
         row_tx: row_tx.clone(),
         stale: stale.clone(),
-        keys: options.collect_keys.then(|| keys.clone()),
+        // The OpenAI export writes exactly the items of this run's configuration.
+        keys: (options.collect_keys || spec.sink.openai_batch.is_some()).then(|| keys.clone()),
     };
     let reader = tokio::task::spawn_blocking(move || reader.run());
 
@@ -333,6 +336,7 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
         elapsed_s: started.elapsed().as_secs_f64(),
         by_task: Vec::new(),
         keys: std::mem::take(&mut *keys.lock().unwrap_or_else(|e| e.into_inner())),
+        openai_batch: None,
     };
     if let Some(v) = summary.version {
         crate::sink::history::tag_run(&layout.results(), v, &run_id).await?;
@@ -345,6 +349,16 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
     RunStore::new(layout.runs()).append(&record).await?;
     if options.shard.is_none() {
         export(spec, &store).await?;
+        // One line per request: only when every request was read (not after a signal).
+        if !summary.interrupted {
+            if let Some(p) = &spec.sink.openai_batch {
+                let written = crate::sink::export::export_openai_batch(&store, &quarantine, &spec.resolve(p), &summary.keys).await?;
+                summary.openai_batch = Some(written);
+            }
+        }
+    }
+    if !options.collect_keys {
+        summary.keys = Vec::new();
     }
     Ok(summary)
 }
@@ -523,6 +537,20 @@ pub struct CommitSummary {
 /// Commits every shard's staged results (and quarantined rows) into the tables. Safe to run
 /// at any time, also while shards are running, and twice.
 pub fn commit(spec: &PipelineSpec, wait_for_lease: bool) -> Result<CommitSummary> {
+    let summary = commit_staged(spec, wait_for_lease)?;
+    if let (Some(p), Some(_)) = (&spec.sink.openai_batch, summary.version) {
+        // The items of this configuration, found as a run finds them (outside the runtime:
+        // some sources make their own).
+        let items: Vec<(String, String)> = plan(spec, true)?.items.into_iter().map(|i| (i.input_id, i.key)).collect();
+        let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
+        let (store, quarantine) = (ResultStore::new(layout.results()), ResultStore::new(layout.quarantine()));
+        crate::util::runtime(0)?
+            .block_on(crate::sink::export::export_openai_batch(&store, &quarantine, &spec.resolve(p), &items))?;
+    }
+    Ok(summary)
+}
+
+fn commit_staged(spec: &PipelineSpec, wait_for_lease: bool) -> Result<CommitSummary> {
     crate::util::runtime(0)?.block_on(async {
         let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
         let local = !spec.sink.dir.contains("://");

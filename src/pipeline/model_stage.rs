@@ -140,6 +140,11 @@ impl ModelStage {
                     let key = Some(format!("image:{}", p.item.content_hash));
                     parts.push(PolicyPart { what: "image", item: PolicyItem::Image(image_source(img)), key });
                 }
+                // A conversation's images, each scored once per row.
+                for (i, img) in p.item.chat.iter().flat_map(|c| c.images.iter()).enumerate() {
+                    let key = Some(format!("image:{}:{i}", p.item.content_hash));
+                    parts.push(PolicyPart { what: "image", item: PolicyItem::Image(image_source(img)), key });
+                }
                 parts
             })
             .collect();
@@ -167,10 +172,9 @@ impl ModelStage {
         Some(kept)
     }
 
-    /// Generation options of an item's task.
+    /// Generation options of an item (its task's, or its request's own).
     pub fn options(&self, item: &WorkItem) -> GenerationOptions {
-        let task = &self.tasks[item.task];
-        GenerationOptions { max_new_tokens: task.max_new_tokens, sampling: sampling_of(task) }
+        GenerationOptions { max_new_tokens: item.generation.max_new_tokens, sampling: sampling_of(&item.generation) }
     }
 
     /// A row the model could not run (its own error, or its batch's backend failure).

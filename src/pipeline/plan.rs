@@ -4,7 +4,7 @@
 
 use super::reader::row_prompts;
 use super::screening::Filters;
-use super::tasks::{item_key, prompt_hash, Templates};
+use super::tasks::{item_key, prompt_hash, GenParams, Templates};
 use crate::error::Result;
 use crate::spec::PipelineSpec;
 
@@ -45,9 +45,10 @@ pub fn plan(spec: &PipelineSpec, keyed: bool) -> Result<Plan> {
     for batch in crate::source::open(spec)? {
         for row in batch? {
             for task in &spec.tasks {
+                let generation = GenParams::for_row(task, &row);
                 for (prompt, error) in row_prompts(&templates, task, &row) {
                     let key = if keyed {
-                        item_key(&row.content_hash, &task.name, &prompt_hash(task, &prompt), &model_hash, &sets)
+                        item_key(&row.content_hash, &task.name, &prompt_hash(task, &generation, &prompt), &model_hash, &sets)
                     } else {
                         String::new()
                     };

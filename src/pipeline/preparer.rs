@@ -7,10 +7,11 @@ use tokio::sync::mpsc;
 
 use super::model_stage::image_source;
 use super::screening::{set_filter_columns, Filters};
-use super::tasks::{PreparedItem, Provenance, WorkItem};
+use super::tasks::{template_messages, transcript, PreparedItem, Provenance, WorkItem};
 use super::Finished;
 use crate::filters::{Outcome, Stage};
 use crate::model::{Preparer, Request};
+use crate::source::ChatPart;
 use crate::spec::TaskSpec;
 
 pub(crate) struct PrepareStage {
@@ -39,11 +40,33 @@ impl PrepareStage {
     /// The item ready for the model, or its finished row (filtered out or failed).
     fn prepare(&self, mut item: WorkItem) -> Result<PreparedItem, Box<Finished>> {
         let task = &self.tasks[item.task];
+        // A conversation's text parts, as the model will see them (redacted by the filters).
+        let mut chat_messages = item.chat.as_ref().map(|c| c.messages.clone());
         if let Some(set) = &self.filters.input {
-            let screening = set.screen(&item.prompt, Some(Stage::Input));
-            item.decisions = screening.decisions;
-            // The model (and the stored prompt) see the redacted text.
-            item.prompt = screening.text;
+            match &mut chat_messages {
+                None => {
+                    let screening = set.screen(&item.prompt, Some(Stage::Input));
+                    item.decisions = screening.decisions;
+                    // The model (and the stored prompt) see the redacted text.
+                    item.prompt = screening.text;
+                }
+                Some(messages) => {
+                    // Each text part on its own (what is redacted is what the model reads);
+                    // spans are made offsets into the stored transcript.
+                    let (_, ranges) = transcript(messages);
+                    for (m, p, range) in ranges {
+                        if let ChatPart::Text(text) = &mut messages[m].parts[p] {
+                            let screening = set.screen(text, Some(Stage::Input));
+                            for mut d in screening.decisions {
+                                d.span = d.span.map(|[a, b]| [a + range.start, b + range.start]);
+                                item.decisions.push(d);
+                            }
+                            *text = screening.text;
+                        }
+                    }
+                    item.prompt = transcript(messages).0;
+                }
+            }
             let outcome = crate::filters::outcome(&item.decisions);
             if matches!(outcome, Outcome::Drop | Outcome::Quarantine) {
                 let mut r = self.provenance.row(&item, task);
@@ -51,12 +74,21 @@ impl PrepareStage {
                 return Err(Box::new(Finished::new(r, outcome)));
             }
         }
-        let request = Request {
-            system: item.system.clone(),
-            prompt: item.prompt.clone(),
-            images: item.image.iter().map(image_source).collect(),
+        let prepared = match (&chat_messages, &item.chat) {
+            (Some(messages), Some(chat)) => {
+                let images: Vec<_> = chat.images.iter().map(image_source).collect();
+                self.preparer.prepare_chat(&template_messages(messages, item.system.as_deref()), &images)
+            }
+            _ => {
+                let request = Request {
+                    system: item.system.clone(),
+                    prompt: item.prompt.clone(),
+                    images: item.image.iter().map(image_source).collect(),
+                };
+                self.preparer.prepare(&request)
+            }
         };
-        match self.preparer.prepare(&request) {
+        match prepared {
             Ok(prepared) => Ok(PreparedItem { item, prepared }),
             Err(e) => {
                 let mut r = self.provenance.row(&item, task);

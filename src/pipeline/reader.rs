@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::progress::Counters;
 use super::signals::StopFlag;
-use super::tasks::{item_key, prompt_hash, Provenance, Templates, WorkItem};
+use super::tasks::{item_key, kept_columns_json, prompt_hash, GenParams, Provenance, Templates, WorkItem};
 use super::{Finished, RunOptions};
 use crate::error::Result;
 use crate::filters::Outcome;
@@ -46,6 +46,7 @@ impl Reader {
         // 128 bits of each (hex) key keep the set small on large corpora.
         let mut issued: HashSet<u128> = HashSet::new();
         let mut rows_seen = 0usize;
+        let kept = spec.kept_columns();
         for batch in crate::source::open(&spec)? {
             for row in batch? {
                 if stop.stopped() {
@@ -61,9 +62,11 @@ impl Reader {
                 rows_seen += 1;
                 Counters::add(&counters.rows);
                 let unread_hash = crate::source::content_hash(&row.columns, None);
+                let input_columns = kept_columns_json(&kept, &row);
                 for (ti, task) in spec.tasks.iter().enumerate() {
+                    let generation = GenParams::for_row(task, &row);
                     for (prompt, error) in row_prompts(&templates, task, &row) {
-                        let prompt_hash = prompt_hash(task, &prompt);
+                        let prompt_hash = prompt_hash(task, &generation, &prompt);
                         let key = item_key(&row.content_hash, &task.name, &prompt_hash, &provenance.model_hash, &filter_sets);
                         if options.shard.is_some_and(|s| !s.owns(&key)) {
                             continue;
@@ -128,6 +131,9 @@ impl Reader {
                             attempts,
                             earlier_errors,
                             supersedes,
+                            generation,
+                            chat: if task.kind == crate::spec::TaskKind::Chat { row.request.clone() } else { None },
+                            input_columns: input_columns.clone(),
                         };
                         let sent = if item.error.is_some() {
                             let mut r = provenance.row(&item, task);

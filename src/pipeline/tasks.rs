@@ -6,8 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use crate::error::{Error, Result};
 use crate::filters::Decision;
 use crate::model::{Prepared, Sampling};
+use crate::prepare::chat::{Content, Message};
 use crate::sink::ResultRow;
-use crate::source::{RowImage, SourceRow};
+use crate::source::{ChatMessage, ChatPart, ChatRequest, ChatRole, RowImage, SourceRow};
 use crate::spec::{PipelineSpec, TaskKind, TaskSpec};
 use crate::util::{hash_text, now_ms};
 
@@ -35,6 +36,102 @@ pub(crate) struct WorkItem {
     /// The key of this (row, task)'s failed record when the row's content changed since
     /// (a missing image appeared): this item's row replaces it.
     pub supersedes: Option<String>,
+    /// How to generate: the task's parameters, or a request's own.
+    pub generation: GenParams,
+    /// A `chat` task's conversation (its messages and images; `prompt` is its transcript).
+    pub chat: Option<std::sync::Arc<ChatRequest>>,
+    /// The kept input columns as a JSON object (`sink.keep_columns`).
+    pub input_columns: Option<String>,
+}
+
+/// The generation parameters of one item: its task's, with what a request sets instead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct GenParams {
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl GenParams {
+    pub fn of(task: &TaskSpec) -> Self {
+        GenParams { max_new_tokens: task.max_new_tokens, temperature: task.temperature, top_k: task.top_k, top_p: task.top_p, seed: task.seed }
+    }
+
+    /// A `chat` task's parameters for a row: the request's where it sets them.
+    pub fn for_row(task: &TaskSpec, row: &SourceRow) -> Self {
+        let mut p = Self::of(task);
+        if let (TaskKind::Chat, Some(r)) = (task.kind, &row.request) {
+            let r = r.params;
+            p.max_new_tokens = r.max_tokens.unwrap_or(p.max_new_tokens);
+            p.temperature = r.temperature.unwrap_or(p.temperature);
+            p.top_k = r.top_k.unwrap_or(p.top_k);
+            p.top_p = r.top_p.unwrap_or(p.top_p);
+            p.seed = r.seed.unwrap_or(p.seed);
+        }
+        p
+    }
+}
+
+/// The `prompt` text of a conversation (what is stored, hashed and screened): each turn as
+/// `role: text`, parts on lines of their own, images as `<image>`, turns separated by a blank
+/// line. Also returns where each text part lies in it: (message, part, byte range).
+pub(crate) fn transcript(messages: &[ChatMessage]) -> (String, Vec<(usize, usize, std::ops::Range<usize>)>) {
+    let mut text = String::new();
+    let mut ranges = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            text.push_str("\n\n");
+        }
+        text.push_str(m.role.as_str());
+        text.push_str(": ");
+        for (j, part) in m.parts.iter().enumerate() {
+            if j > 0 {
+                text.push('\n');
+            }
+            match part {
+                ChatPart::Text(t) => {
+                    ranges.push((i, j, text.len()..text.len() + t.len()));
+                    text.push_str(t);
+                }
+                ChatPart::Image => text.push_str("<image>"),
+            }
+        }
+    }
+    (text, ranges)
+}
+
+/// A conversation as the chat template takes it; `system` (the task's) goes first when the
+/// conversation has no system message.
+pub(crate) fn template_messages(messages: &[ChatMessage], system: Option<&str>) -> Vec<Message> {
+    let mut out = Vec::with_capacity(messages.len() + 1);
+    if let (Some(s), false) = (system, messages.first().is_some_and(|m| m.role == ChatRole::System)) {
+        out.push(Message::system(s));
+    }
+    for m in messages {
+        let content = m
+            .parts
+            .iter()
+            .map(|p| match p {
+                ChatPart::Text(t) => Content::Text { text: t.clone() },
+                ChatPart::Image => Content::Image {},
+            })
+            .collect();
+        out.push(Message { role: m.role.as_str().to_string(), content });
+    }
+    out
+}
+
+/// The kept input columns of a row as a JSON object (a column the row lacks is null); None
+/// when no column is kept.
+pub(crate) fn kept_columns_json(kept: &[String], row: &SourceRow) -> Option<String> {
+    if kept.is_empty() {
+        return None;
+    }
+    let obj: serde_json::Map<String, serde_json::Value> =
+        kept.iter().map(|c| (c.clone(), row.columns.get(c).cloned().unwrap_or(serde_json::Value::Null))).collect();
+    Some(serde_json::Value::Object(obj).to_string())
 }
 
 pub(crate) struct PreparedItem {
@@ -77,6 +174,24 @@ impl Templates {
                 }
             }
             variables.insert(t.name.clone(), used);
+        }
+        if let Some(columns) = columns {
+            let unknown: Vec<&String> = spec.sink.keep_columns.iter().filter(|c| !columns.contains(c)).collect();
+            if !unknown.is_empty() {
+                return Err(spec_err(format!(
+                    "sink.keep_columns names {}, which the source does not have (its columns: {})",
+                    unknown.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", "),
+                    columns.join(", ")
+                )));
+            }
+        } else if spec.source.kind == crate::spec::SourceKind::Images || spec.source.kind == crate::spec::SourceKind::Pdfs {
+            let fixed: &[&str] = if spec.source.kind == crate::spec::SourceKind::Images { &["path"] } else { &["path", "page", "text"] };
+            if let Some(c) = spec.sink.keep_columns.iter().find(|c| !fixed.contains(&c.as_str())) {
+                return Err(spec_err(format!(
+                    "sink.keep_columns names `{c}`, which rows of this source do not have (they have: {})",
+                    fixed.join(", ")
+                )));
+            }
         }
         for t in spec.tasks.iter().filter(|t| t.kind == TaskKind::Vqa) {
             if let (Some(c), Some(columns)) = (&t.question_column, columns) {
@@ -137,16 +252,18 @@ impl Templates {
                 let tmpl = self.env.get_template(&task.name).map_err(|e| e.to_string())?;
                 tmpl.render(ctx).map_err(|e| format!("prompt template of task {:?}: {e:#}", task.name)).map(|p| vec![p])
             }
+            TaskKind::Chat => match &row.request {
+                Some(r) => Ok(vec![transcript(&r.messages).0]),
+                None => Err("a chat task needs a request (an openai_batch source), and this row has none".into()),
+            },
         }
     }
 }
 
-/// The hash of everything besides the row that decides a task's output for one prompt.
-pub(crate) fn prompt_hash(task: &TaskSpec, prompt: &str) -> String {
-    let params = format!(
-        "{}|{}|{}|{}|{}|{}",
-        task.max_new_tokens, task.temperature, task.top_k, task.top_p, task.seed, task.use_image
-    );
+/// The hash of everything besides the row that decides a task's output for one prompt:
+/// the prompt, the system prompt and the generation parameters (a request's own, for `chat`).
+pub(crate) fn prompt_hash(task: &TaskSpec, p: &GenParams, prompt: &str) -> String {
+    let params = format!("{}|{}|{}|{}|{}|{}", p.max_new_tokens, p.temperature, p.top_k, p.top_p, p.seed, task.use_image);
     hash_text(&[task.system.as_deref().unwrap_or(""), prompt, &params])
 }
 
@@ -172,13 +289,8 @@ pub fn check_extract(output: &str, fields: &[String]) -> (Option<String>, bool) 
     }
 }
 
-pub(crate) fn sampling_of(task: &TaskSpec) -> Option<Sampling> {
-    (task.temperature > 0.0).then_some(Sampling {
-        temperature: task.temperature,
-        top_k: task.top_k,
-        top_p: task.top_p,
-        seed: task.seed,
-    })
+pub(crate) fn sampling_of(p: &GenParams) -> Option<Sampling> {
+    (p.temperature > 0.0).then_some(Sampling { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, seed: p.seed })
 }
 
 /// Provenance shared by every row of a run.
@@ -216,6 +328,7 @@ impl Provenance {
             shard: self.shard.clone(),
             created_at_ms: now_ms(),
             supersedes: item.supersedes.clone(),
+            input_columns: item.input_columns.clone(),
             ..Default::default()
         }
     }
@@ -248,6 +361,48 @@ mod tests {
         assert_eq!(json.as_deref(), Some("{\"total\":\"12,50 €\"}"));
         assert!(valid);
         assert_eq!(check_extract("} é {", &["a".to_string()]), (None, false));
+    }
+
+    #[test]
+    fn prompt_hashes_of_tasks_are_unchanged_and_follow_request_parameters() {
+        let task: TaskSpec = toml::from_str("name = \"c\"\nkind = \"chat\"\nmax_new_tokens = 9").unwrap();
+        let params = GenParams::of(&task);
+        // The text hashed is what it was before requests could set parameters (stored keys stay).
+        assert_eq!(prompt_hash(&task, &params, "p"), hash_text(&["", "p", "9|0|0|1|0|true"]));
+        let mut row = SourceRow {
+            input_id: "r".into(),
+            content_hash: "h".into(),
+            columns: Default::default(),
+            image: None,
+            text: None,
+            error: None,
+            request: None,
+        };
+        assert_eq!(GenParams::for_row(&task, &row), params);
+        let request = ChatRequest {
+            params: crate::source::RequestParams { max_tokens: Some(3), seed: Some(5), ..Default::default() },
+            ..Default::default()
+        };
+        row.request = Some(std::sync::Arc::new(request));
+        let own = GenParams::for_row(&task, &row);
+        assert_eq!((own.max_new_tokens, own.seed, own.temperature), (3, 5, 0.0));
+        assert_ne!(prompt_hash(&task, &own, "p"), prompt_hash(&task, &params, "p"), "a changed parameter is new work");
+    }
+
+    #[test]
+    fn transcripts_locate_their_text_parts() {
+        let messages = vec![
+            ChatMessage { role: ChatRole::System, parts: vec![ChatPart::Text("Be brief.".into())] },
+            ChatMessage { role: ChatRole::User, parts: vec![ChatPart::Image, ChatPart::Text("What is it?".into())] },
+        ];
+        let (text, ranges) = transcript(&messages);
+        assert_eq!(text, "system: Be brief.\n\nuser: <image>\nWhat is it?");
+        assert_eq!(ranges.len(), 2);
+        assert_eq!(&text[ranges[1].2.clone()], "What is it?");
+        assert_eq!((ranges[1].0, ranges[1].1), (1, 1));
+        let m = template_messages(&messages[1..], Some("Default."));
+        assert_eq!(m.len(), 2, "the task's system prompt goes first when the request has none");
+        assert_eq!(template_messages(&messages, Some("Default.")).len(), 2, "the request's own system message wins");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
 use crate::error::{Error, Result};
 
-pub use results::{ResultStore, SinkState};
+pub use results::{BatchStream, ResultStore, SinkState, STREAM_BATCH_ROWS};
 pub use runs::{RunRecord, RunStore};
 
 /// One output row. Field names are the dataset's column names.
@@ -73,6 +73,8 @@ pub struct ResultRow {
     /// The key of a failed row this row replaces: the same row and task, whose content could
     /// not be read before and so had another key. It is deleted once this row is committed.
     pub supersedes: Option<String>,
+    /// The input columns the spec keeps (`sink.keep_columns`), as one JSON object.
+    pub input_columns: Option<String>,
 }
 
 /// The columns of `results.lance` and `quarantine.lance`. `key` is the table's (unenforced)
@@ -110,6 +112,7 @@ pub fn result_schema() -> Arc<Schema> {
         s("model_hash", false),
         s("shard", true),
         s("supersedes", true),
+        s("input_columns", true),
         Field::new("created_at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
     ]))
 }
@@ -161,6 +164,7 @@ pub(crate) fn to_batch(rows: &[ResultRow]) -> Result<RecordBatch> {
         text(rows, |r| Some(&r.model_hash)),
         text(rows, |r| r.shard.as_deref()),
         text(rows, |r| r.supersedes.as_deref()),
+        text(rows, |r| r.input_columns.as_deref()),
         Arc::new(TimestampMillisecondArray::from(rows.iter().map(|r| r.created_at_ms).collect::<Vec<_>>()).with_timezone("UTC")),
     ];
     RecordBatch::try_new(result_schema(), columns).map_err(Error::arrow("building a batch of result rows"))

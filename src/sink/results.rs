@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::UInt32Type;
 use arrow_array::{Array, RecordBatch};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use lance::dataset::{Dataset, MergeInsertBuilder, NewColumnTransform, WhenMatched, WhenNotMatched};
 
 use super::{result_schema, to_batch, ResultRow};
@@ -28,6 +28,18 @@ pub struct FailedKey {
     pub attempts: u32,
     pub errors: Vec<String>,
 }
+
+/// Rows per batch of [`ResultStore::stream`].
+pub const STREAM_BATCH_ROWS: usize = 8192;
+/// Bytes of storage reads a stream holds ahead of what it returned.
+const STREAM_IO_BUFFER_BYTES: u64 = 32 << 20;
+/// Rows of data files one scan of [`ResultStore::stream`] reads (a file is not split).
+pub const STREAM_GROUP_ROWS: usize = 65_536;
+/// Bytes of file metadata (and index) a stream keeps cached.
+const STREAM_CACHE_BYTES: usize = 8 << 20;
+
+/// Record batches read from a table, one at a time.
+pub type BatchStream = futures::stream::BoxStream<'static, Result<RecordBatch>>;
 
 /// A Lance dataset of result rows.
 pub struct ResultStore {
@@ -76,7 +88,7 @@ impl ResultStore {
                 .iter()
                 .filter_map(|&name| match name {
                     "attempts" => Some((name.to_string(), "CAST(1 AS INT UNSIGNED)".to_string())),
-                    "errors" | "filter_sets" | "supersedes" => Some((name.to_string(), "CAST(NULL AS STRING)".to_string())),
+                    "errors" | "filter_sets" | "supersedes" | "input_columns" => Some((name.to_string(), "CAST(NULL AS STRING)".to_string())),
                     _ => None,
                 })
                 .collect();
@@ -199,6 +211,69 @@ impl ResultStore {
         Ok(self.open().await?.map(|d| d.version_id()))
     }
 
+    /// The rows of the latest version as a stream of record batches of at most
+    /// [`STREAM_BATCH_ROWS`] rows, so that reading a table of any size holds a few batches at
+    /// a time: the data files are scanned a group of about [`STREAM_GROUP_ROWS`] rows after
+    /// another (a scan keeps what it opened until it ends), with the read-ahead and the caches
+    /// bounded. None when the table does not exist.
+    pub async fn stream(&self, columns: Option<&[&str]>) -> Result<Option<BatchStream>> {
+        if self.open().await?.is_none() {
+            return Ok(None);
+        }
+        // Small caches: the default metadata cache (1 GiB) keeps every data file's metadata
+        // read, and so grows with the table.
+        let ds = lance::dataset::builder::DatasetBuilder::from_uri(&self.uri)
+            .with_metadata_cache_size_bytes(STREAM_CACHE_BYTES)
+            .with_index_cache_size_bytes(STREAM_CACHE_BYTES)
+            .load()
+            .await
+            .map_err(Error::lance(&self.uri))?;
+        let mut groups: Vec<Vec<lance::table::format::Fragment>> = Vec::new();
+        let mut rows = usize::MAX;
+        for f in ds.get_fragments() {
+            let f = f.metadata().clone();
+            let n = f.physical_rows.unwrap_or(STREAM_GROUP_ROWS);
+            match groups.last_mut() {
+                Some(g) if rows < STREAM_GROUP_ROWS => {
+                    rows += n;
+                    g.push(f);
+                }
+                _ => {
+                    rows = n;
+                    groups.push(vec![f]);
+                }
+            }
+        }
+        let ds = Arc::new(ds);
+        let columns: Option<Vec<String>> = columns.map(|c| c.iter().map(|s| s.to_string()).collect());
+        let uri = self.uri.clone();
+        let stream = futures::stream::iter(groups)
+            .then(move |group| {
+                let (ds, columns, uri) = (ds.clone(), columns.clone(), uri.clone());
+                async move {
+                    let mut scan = ds.scan();
+                    scan.with_fragments(group);
+                    if let Some(cols) = &columns {
+                        scan.project(cols).map_err(Error::lance(&uri))?;
+                    }
+                    scan.batch_size(STREAM_BATCH_ROWS).batch_readahead(2).fragment_readahead(1).io_buffer_size(STREAM_IO_BUFFER_BYTES);
+                    let batches = scan.try_into_stream().await.map_err(Error::lance(&uri))?;
+                    Ok::<_, Error>(batches.map(move |b| b.map_err(Error::lance(&uri))))
+                }
+            })
+            .try_flatten();
+        Ok(Some(stream.boxed()))
+    }
+
+    /// The table's columns (None when it does not exist).
+    pub async fn schema(&self) -> Result<Option<Arc<arrow_schema::Schema>>> {
+        Ok(self.open().await?.map(|ds| Arc::new(arrow_schema::Schema::from(ds.schema()))))
+    }
+
+    pub async fn has_column(&self, name: &str) -> Result<bool> {
+        Ok(self.schema().await?.is_some_and(|s| s.field_with_name(name).is_ok()))
+    }
+
     /// All rows of a version (latest when None), as record batches.
     pub async fn read(&self, version: Option<u64>, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
         self.read_where(version, columns, None).await
@@ -239,7 +314,7 @@ mod tests {
             let uri = dir.path().join("old.lance").display().to_string();
             let full = to_batch(&[row("aa", None), row("bb", Some("missing image"))]).unwrap();
             let keep: Vec<usize> = (0..full.num_columns())
-                .filter(|&i| !["attempts", "errors", "filter_sets", "supersedes"].contains(&full.schema().field(i).name().as_str()))
+                .filter(|&i| !["attempts", "errors", "filter_sets", "supersedes", "input_columns"].contains(&full.schema().field(i).name().as_str()))
                 .collect();
             let old = full.project(&keep).unwrap();
             let plain = arrow_schema::Schema::new(old.schema().fields().iter().map(|f| f.as_ref().clone().with_metadata(Default::default())).collect::<Vec<_>>());

@@ -96,7 +96,8 @@ pub fn read_regular_file(path: &Path, cap: u64, cap_key: &str) -> std::result::R
 /// directory of the file the row came from), confined to `root` when the spec says so.
 #[derive(Debug, Clone)]
 pub(super) struct ImagePaths {
-    column: String,
+    /// What errors call the path's origin: `image column "image"`.
+    label: String,
     base: PathBuf,
     /// The canonical source directory (or why it could not be resolved), when confined.
     root: Option<std::result::Result<PathBuf, String>>,
@@ -108,7 +109,7 @@ impl ImagePaths {
     pub(super) fn new(src: &SourceSpec, base: &Path, root: &Path) -> Self {
         let root_dir = if root.as_os_str().is_empty() { Path::new(".") } else { root };
         Self {
-            column: src.image_column.clone().unwrap_or_default(),
+            label: format!("image column {:?}", src.image_column.clone().unwrap_or_default()),
             base: base.to_path_buf(),
             root: src.confine_images.then(|| std::fs::canonicalize(root_dir).map_err(|e| format!("{}: {e}", root_dir.display()))),
             root_shown: root_dir.to_path_buf(),
@@ -118,19 +119,23 @@ impl ImagePaths {
 
     /// The image named by path `p` in a row.
     pub(super) fn read(&self, p: &str) -> std::result::Result<RowImage, String> {
-        let col = &self.column;
+        self.read_as(p, &self.label)
+    }
+
+    /// The image named by path `p`; errors name it as `label` (where the path was found).
+    pub(super) fn read_as(&self, p: &str, label: &str) -> std::result::Result<RowImage, String> {
         if p.is_empty() {
-            return Err(format!("image column {col:?}: the path is empty"));
+            return Err(format!("{label}: the path is empty"));
         }
         let full = self.base.join(p);
         let target = match &self.root {
             None => full.clone(),
-            Some(Err(e)) => return Err(format!("image column {col:?}: path {p:?}: cannot resolve the source directory {e}")),
+            Some(Err(e)) => return Err(format!("{label}: path {p:?}: cannot resolve the source directory {e}")),
             Some(Ok(root)) => {
-                let resolved = std::fs::canonicalize(&full).map_err(|e| format!("image column {col:?}: image {}: {e}", full.display()))?;
+                let resolved = std::fs::canonicalize(&full).map_err(|e| format!("{label}: image {}: {e}", full.display()))?;
                 if !resolved.starts_with(root) {
                     return Err(format!(
-                        "image column {col:?}: path {p:?} resolves to {}, outside the source directory {} \
+                        "{label}: path {p:?} resolves to {}, outside the source directory {} \
                          (set source.confine_images = false to read images anywhere)",
                         resolved.display(),
                         self.root_shown.display()
@@ -141,7 +146,7 @@ impl ImagePaths {
         };
         read_regular_file(&target, self.max_bytes, "source.max_image_bytes")
             .map(|bytes| RowImage::Encoded { name: p.to_string(), bytes })
-            .map_err(|e| format!("image column {col:?}: image {}: {e}", full.display()))
+            .map_err(|e| format!("{label}: image {}: {e}", full.display()))
     }
 }
 

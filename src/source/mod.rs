@@ -21,13 +21,15 @@
 //! Here: the row types, [`open`], [`column_names`] and what every kind of source shares (row
 //! ids and content hashes, failed rows). `tables` scans tables through polars, `lines` screens
 //! JSON lines and CSV files, `columns` turns columns into JSON, `images` reads the files a row
-//! names, `folders` lists folders of images and PDFs, `lance` scans Lance datasets.
+//! names, `folders` lists folders of images and PDFs, `lance` scans Lance datasets,
+//! `openai_batch` reads OpenAI Batch API request files into chat requests.
 
 mod columns;
 mod folders;
 mod images;
 mod lance;
 mod lines;
+mod openai_batch;
 mod tables;
 
 use std::path::Path;
@@ -41,6 +43,7 @@ use crate::spec::{PipelineSpec, SourceKind, SourceSpec};
 use self::folders::{files, FolderKind, IMAGE_EXTENSIONS};
 pub use self::images::read_regular_file;
 use self::lance::{lance_column_names, lance_table};
+pub use self::openai_batch::{CHAT_COMPLETIONS, DUPLICATE_CUSTOM_ID, INVALID_REQUEST, OPENAI_COLUMNS, OPENAI_KEPT_COLUMNS};
 use self::tables::{file_column_names, table, table_files};
 
 /// An image attached to a row.
@@ -63,6 +66,60 @@ pub struct SourceRow {
     pub text: Option<String>,
     /// Why the row could not be read; such rows are recorded as failed.
     pub error: Option<String>,
+    /// The conversation a request file asks to continue (`openai_batch` sources).
+    pub request: Option<std::sync::Arc<ChatRequest>>,
+}
+
+/// A chat completion request of a request file: the conversation, its images and the
+/// generation parameters it sets.
+#[derive(Debug, Clone, Default)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    /// The images of the messages' image parts, in order (fewer when one could not be read:
+    /// the row then has an error).
+    pub images: Vec<RowImage>,
+    pub params: RequestParams,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatMessage {
+    pub role: ChatRole,
+    pub parts: Vec<ChatPart>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatRole {
+    System,
+    User,
+    Assistant,
+}
+
+impl ChatRole {
+    /// The role as chat templates name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatRole::System => "system",
+            ChatRole::User => "user",
+            ChatRole::Assistant => "assistant",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatPart {
+    Text(String),
+    /// The next of the request's images.
+    Image,
+}
+
+/// Generation parameters a request sets (None: the task's).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RequestParams {
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub seed: Option<u64>,
 }
 
 pub type RowBatches = Box<dyn Iterator<Item = Result<Vec<SourceRow>>> + Send>;
@@ -79,6 +136,7 @@ pub fn open_source(src: &SourceSpec, path: &Path) -> Result<RowBatches> {
         SourceKind::Images => files(src, path, IMAGE_EXTENSIONS, FolderKind::Images),
         SourceKind::Pdfs => files(src, path, &["pdf"], FolderKind::Pdfs),
         SourceKind::Lance => lance_table(src, path),
+        SourceKind::OpenaiBatch => openai_batch::requests(src, path),
     }
 }
 
@@ -92,12 +150,14 @@ pub fn open_source(src: &SourceSpec, path: &Path) -> Result<RowBatches> {
 ///
 /// `None` for folders of images and PDFs, whose rows have fixed columns: images `path`
 /// (relative to the folder); PDFs `path`, `page` (1-based) and `text` (the text layer).
+/// Request files (`openai_batch`) have the fixed columns [`OPENAI_COLUMNS`].
 pub fn column_names(spec: &PipelineSpec) -> Result<Option<Vec<String>>> {
     let src = &spec.source;
     let path = spec.resolve(&src.path);
     let mut names: Vec<String> = Vec::new();
     match src.kind {
         SourceKind::Images | SourceKind::Pdfs => return Ok(None),
+        SourceKind::OpenaiBatch => return Ok(Some(OPENAI_COLUMNS.iter().map(|c| c.to_string()).collect())),
         SourceKind::Lance => names = lance_column_names(&path)?,
         SourceKind::Parquet | SourceKind::Csv | SourceKind::Jsonl | SourceKind::HfParquet => {
             // A file of a glob whose schema cannot be read is a failed row when the source is
@@ -137,6 +197,24 @@ pub(crate) fn content_hash(columns: &serde_json::Map<String, serde_json::Value>,
     // The map keeps the file's column order, so the text is the same on every read.
     let text = serde_json::to_string(columns).unwrap_or_default();
     sha256_hex(&[text.as_bytes(), image.unwrap_or_default()])
+}
+
+/// The content hash of a row with several images: [`content_hash`] with the images joined
+/// (each length-prefixed) as its image, without copying them; equal to `content_hash(columns,
+/// None)` when there are none.
+pub(crate) fn content_hash_images(columns: &serde_json::Map<String, serde_json::Value>, images: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let text = serde_json::to_string(columns).unwrap_or_default();
+    let joined: u64 = images.iter().map(|i| 8 + i.len() as u64).sum();
+    let mut h = Sha256::new();
+    h.update((text.len() as u64).to_le_bytes());
+    h.update(text.as_bytes());
+    h.update(joined.to_le_bytes());
+    for i in images {
+        h.update((i.len() as u64).to_le_bytes());
+        h.update(i);
+    }
+    format!("{:x}", h.finalize())
 }
 
 fn id_of(columns: &serde_json::Map<String, serde_json::Value>, id_column: Option<&str>, hash: &str) -> Result<String, String> {
@@ -196,7 +274,7 @@ fn make_row(
         }
     };
     let text = src.text_column.as_ref().and_then(|c| columns.get(c)).and_then(|v| v.as_str().map(str::to_owned));
-    SourceRow { input_id, content_hash: hash, columns, image, text, error }
+    SourceRow { input_id, content_hash: hash, columns, image, text, error, request: None }
 }
 
 /// The message of a caught panic.

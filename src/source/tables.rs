@@ -28,7 +28,7 @@ pub(super) struct TableFiles {
     pub(super) files: Vec<PathBuf>,
     /// The directory images must stay inside: the file's directory, or the part of a glob
     /// before its first pattern.
-    root: PathBuf,
+    pub(super) root: PathBuf,
     glob: bool,
 }
 
