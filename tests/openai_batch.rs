@@ -267,7 +267,9 @@ fn shards_of_a_request_file_write_the_output_at_commit() {
     }
     assert!(!dir.join("results.jsonl").exists(), "shards do not write the output");
     let out = bin().arg("commit").arg(dir.join("results.gemma-batch/spec.toml")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The malformed line is a failed row: the commit lists it and exits 3.
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 failed rows"), "{}", String::from_utf8_lossy(&out.stderr));
     let (all, by_id) = output(dir);
     assert_eq!(all.len(), 7, "one line per request after the commit");
     for i in 0..6 {
