@@ -53,6 +53,9 @@ impl AtomicFile {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = dir.join(format!(".{name}.{}.{}.{seq}.tmp", std::process::id(), crate::util::now_ms()));
+        // An export into a directory that does not exist yet (`jsonl = "out/results.jsonl"`)
+        // must not fail after the whole run's work is committed.
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         Ok(AtomicFile { tmp, path: path.to_path_buf(), file: Some(file) })
     }
@@ -604,6 +607,16 @@ mod tests {
         });
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn an_export_into_a_missing_directory_creates_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exports/nightly/results.jsonl");
+        write_atomically(&path, |f| std::io::Write::write_all(f, b"{}\n").map_err(|e| Error::io(&path, e))).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
+        // Only the export itself is left: no temporary file beside it.
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
     }
 
     #[test]
