@@ -61,12 +61,10 @@ fn kubernetes_indexed_job_shards_then_commits_once_and_fails_rows_without_retryi
         c.args(cmd[1..].iter().map(|a| if a == in_manifest { spec.display().to_string() } else { a.clone() }));
         c
     };
-    // Shard 0 first, alone: 8 processes creating the same new tables at once can race (a
-    // known gap, see the project notes); the other 7 then run together.
-    let start = |i: usize| render(&commands[0]).env("JOB_COMPLETION_INDEX", i.to_string()).env_remove("SLURM_ARRAY_TASK_ID").spawn().unwrap();
-    let mut codes: Vec<i32> = vec![start(0).wait().unwrap().code().unwrap()];
-    let shards: Vec<_> = (1..completions).map(start).collect();
-    codes.extend(shards.into_iter().map(|mut c| c.wait().unwrap().code().unwrap()));
+    let shards: Vec<_> = (0..completions)
+        .map(|i| render(&commands[0]).env("JOB_COMPLETION_INDEX", i.to_string()).env_remove("SLURM_ARRAY_TASK_ID").spawn().unwrap())
+        .collect();
+    let codes: Vec<i32> = shards.into_iter().map(|mut c| c.wait().unwrap().code().unwrap()).collect();
     assert_eq!(codes.iter().filter(|&&c| c == 3).count(), 1, "the shard with the failed row exits 3, the others 0: {codes:?}");
     assert!(codes.iter().all(|&c| c == 0 || c == 3), "{codes:?}");
     assert!(committed(tmp.path()).is_empty(), "shards do not commit");
@@ -111,7 +109,8 @@ fn slurm_script_submits_an_array_and_a_commit_after_any_and_both_run_once() {
 
     // The array tasks, as Slurm starts them.
     let count = hi - lo + 1;
-    let task = |i: usize| {
+    let tasks: Vec<_> = (lo..=hi)
+        .map(|i| {
             Command::new("bash")
                 .arg(&script)
                 .arg(&spec)
@@ -123,11 +122,9 @@ fn slurm_script_submits_an_array_and_a_commit_after_any_and_both_run_once() {
                 .env_remove("JOB_COMPLETION_INDEX")
                 .spawn()
                 .unwrap()
-    };
-    // The first task alone, then the rest together (as in the Kubernetes test).
-    let mut codes: Vec<i32> = vec![task(lo).wait().unwrap().code().unwrap()];
-    let tasks: Vec<_> = (lo + 1..=hi).map(task).collect();
-    codes.extend(tasks.into_iter().map(|mut c| c.wait().unwrap().code().unwrap()));
+        })
+        .collect();
+    let codes: Vec<i32> = tasks.into_iter().map(|mut c| c.wait().unwrap().code().unwrap()).collect();
     assert_eq!(codes.iter().filter(|&&c| c == 3).count(), 1, "{codes:?}");
     assert!(committed(tmp.path()).is_empty(), "tasks do not commit");
     // The commit job, as sbatch --wrap runs it.

@@ -101,12 +101,23 @@ impl ResultStore {
             }
             ds.add_columns(NewColumnTransform::SqlExpressions(added), None, None).await.map_err(&err)?;
         }
-        if ds.schema().unenforced_primary_key().is_empty() {
-            ds.update_field_metadata()
-                .update("key", [("lance-schema:unenforced-primary-key:position", "1")])
-                .map_err(&err)?
-                .await
-                .map_err(&err)?;
+        // Shards starting together all find the key unmarked and race to mark it: a commit
+        // that loses is fine once another has marked it.
+        let mut tries = 0;
+        while ds.schema().unenforced_primary_key().is_empty() {
+            let marked = async {
+                ds.update_field_metadata().update("key", [("lance-schema:unenforced-primary-key:position", "1")])?.await
+            }
+            .await;
+            match marked {
+                Ok(_) => break,
+                Err(_) if tries < 10 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
+                    ds = self.open().await?.ok_or_else(|| Error::Sink(format!("{}: vanished while it was being created", self.uri)))?;
+                }
+                Err(e) => return Err(err(e)),
+            }
         }
         Ok(())
     }
