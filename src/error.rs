@@ -60,6 +60,10 @@ pub enum Error {
     #[error("result store: {0}")]
     Sink(String),
 
+    /// An object-store request failed (or found what it asked for unusable).
+    #[error("{uri}: {message}")]
+    Store { uri: String, message: String },
+
     /// A Lance dataset operation failed (open, scan, write, merge, commit).
     #[error("{uri}: {source}")]
     Lance {

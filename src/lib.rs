@@ -10,6 +10,7 @@ pub mod error;
 pub mod evals;
 pub mod filters;
 pub mod model;
+pub mod objects;
 pub mod pipeline;
 pub mod prepare;
 pub mod reports;

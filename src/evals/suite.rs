@@ -426,9 +426,10 @@ fn run_part(
         Outputs::Results(_) => {
             let spec = PipelineSpec::from_text(text, &path)?;
             let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
-            if !Path::new(&layout.results()).exists() {
+            let stored = crate::util::runtime(0)?.block_on(ResultStore::new(layout.results()).version())?;
+            if stored.is_none() {
                 return Err(Error::Source {
-                    source_name: layout.dir.display().to_string(),
+                    source_name: layout.root.clone(),
                     message: format!("no results of part {part:?} here (the suite's sink.dir layout: PART/out/results.lance)"),
                 });
             }

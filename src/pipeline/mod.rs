@@ -184,8 +184,8 @@ fn lease_scope(shard: Option<Shard>) -> String {
     }
 }
 
-fn take_lease(layout: &SinkLayout, local: bool, scope: &str, run_id: &str, wait: bool, ignore: bool) -> Result<Option<Lease>> {
-    if ignore || !local {
+fn take_lease(layout: &SinkLayout, scope: &str, run_id: &str, wait: bool, ignore: bool) -> Result<Option<Lease>> {
+    if ignore {
         return Ok(None);
     }
     Lease::acquire(&layout.leases(), scope, run_id, wait).map(Some)
@@ -198,17 +198,13 @@ async fn run_async(spec: &PipelineSpec, options: &RunOptions) -> Result<RunSumma
     let started_ms = now_ms();
     let run_id = new_run_id(&spec.name, started_ms);
     let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
-    let local = !spec.sink.dir.contains("://");
-    if local {
-        if layout.dir.exists() && !layout.dir.is_dir() {
-            return Err(Error::Spec {
-                path: spec.base_dir.clone(),
-                message: format!("sink.dir {} is a file, not a directory", layout.dir.display()),
-            });
+    if let Some(dir) = layout.local_dir() {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::Spec { path: spec.base_dir.clone(), message: format!("sink.dir {} is a file, not a directory", dir.display()) });
         }
-        std::fs::create_dir_all(&layout.dir).map_err(|e| Error::io(&layout.dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
-    let _lease = take_lease(&layout, local, &lease_scope(options.shard), &run_id, options.wait_for_lease, options.ignore_lease)?;
+    let _lease = take_lease(&layout, &lease_scope(options.shard), &run_id, options.wait_for_lease, options.ignore_lease)?;
     let store = ResultStore::new(layout.results());
     let quarantine = ResultStore::new(layout.quarantine());
 
@@ -375,11 +371,11 @@ async fn sink_state(layout: &SinkLayout, store: &ResultStore, quarantine: &Resul
     }
     state.done.extend(quarantined);
     let (pending, pending_quarantine) = (PendingDir::new(layout.pending()), PendingDir::new(layout.pending_quarantine()));
-    let staged = pending.list()?.len() + pending_quarantine.list()?.len();
+    let staged = pending.list().await?.len() + pending_quarantine.list().await?.len();
     if shard.is_none() && staged > 0 {
         return Err(Error::Sink(format!(
             "{} holds {staged} uncommitted shard results; run `gemma-batch commit` on this spec first",
-            layout.dir.display()
+            layout.root
         )));
     }
     for dir in [pending, pending_quarantine] {
@@ -490,10 +486,9 @@ pub fn history(spec: &PipelineSpec) -> Result<crate::sink::history::History> {
 pub fn compact(spec: &PipelineSpec, retention: crate::sink::history::Retention, wait_for_lease: bool) -> Result<Vec<crate::sink::history::TableMaintenance>> {
     crate::util::runtime(0)?.block_on(async {
         let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
-        let local = !spec.sink.dir.contains("://");
         let run_id = new_run_id("compact", now_ms());
-        let _run = take_lease(&layout, local, "run", &run_id, wait_for_lease, false)?;
-        let _commit = take_lease(&layout, local, "commit", &run_id, wait_for_lease, false)?;
+        let _run = take_lease(&layout, "run", &run_id, wait_for_lease, false)?;
+        let _commit = take_lease(&layout, "commit", &run_id, wait_for_lease, false)?;
         let mut done = Vec::new();
         for uri in [layout.results(), layout.quarantine(), layout.runs()] {
             done.extend(crate::sink::history::compact(&uri, retention).await?);
@@ -553,10 +548,9 @@ pub fn commit(spec: &PipelineSpec, wait_for_lease: bool) -> Result<CommitSummary
 fn commit_staged(spec: &PipelineSpec, wait_for_lease: bool) -> Result<CommitSummary> {
     crate::util::runtime(0)?.block_on(async {
         let layout = SinkLayout::new(&spec.resolve(&spec.sink.dir));
-        let local = !spec.sink.dir.contains("://");
         let started_ms = now_ms();
         let run_id = new_run_id("commit", started_ms);
-        let _lease = take_lease(&layout, local, "commit", &run_id, wait_for_lease, false)?;
+        let _lease = take_lease(&layout, "commit", &run_id, wait_for_lease, false)?;
         let store = ResultStore::new(layout.results());
         let quarantine = ResultStore::new(layout.quarantine());
         let (q_dir, r_dir) = (PendingDir::new(layout.pending_quarantine()), PendingDir::new(layout.pending()));
@@ -567,8 +561,8 @@ fn commit_staged(spec: &PipelineSpec, wait_for_lease: bool) -> Result<CommitSumm
         // staged copies go, so a commit killed at any point redoes this next time.
         let replaced: Vec<String> = q.keys.iter().chain(&q.superseded).chain(&r.superseded).cloned().collect();
         let deleted = store.delete_failed(&replaced).await?;
-        q_dir.remove(&q)?;
-        r_dir.remove(&r)?;
+        q_dir.remove(&q).await?;
+        r_dir.remove(&r).await?;
         let versions: Vec<u64> = r.version.into_iter().chain(deleted).collect();
         let summary = CommitSummary { run_id: run_id.clone(), version: versions.last().copied(), versions, staged: r.staged + q.staged, rows: r.keys.len() + q.keys.len() };
         if let Some(v) = summary.version {

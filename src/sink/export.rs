@@ -39,25 +39,36 @@ pub async fn export(store: &ResultStore, parquet: Option<&Path>, jsonl: Option<&
 }
 
 /// A file written under a temporary name in its target's directory and renamed over the
-/// target by [`commit`](AtomicFile::commit); dropped uncommitted, it is removed.
+/// target by [`commit`](AtomicFile::commit); dropped uncommitted, it is removed. A target in an
+/// object store (`s3://bucket/results.parquet`) is written to the local temporary directory and
+/// uploaded by the commit: the object appears whole or not at all.
 pub struct AtomicFile {
     tmp: PathBuf,
     path: PathBuf,
+    /// The object-store URI the commit uploads to.
+    remote: Option<String>,
     file: Option<std::fs::File>,
 }
 
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<AtomicFile> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let target = path.display().to_string();
+        let remote = crate::objects::is_uri(&target).then_some(target);
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = dir.join(format!(".{name}.{}.{}.{seq}.tmp", std::process::id(), crate::util::now_ms()));
-        // An export into a directory that does not exist yet (`jsonl = "out/results.jsonl"`)
-        // must not fail after the whole run's work is committed.
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let tmp_name = format!(".{name}.{}.{}.{seq}.tmp", std::process::id(), crate::util::now_ms());
+        let tmp = if remote.is_some() {
+            std::env::temp_dir().join(tmp_name)
+        } else {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            // An export into a directory that does not exist yet (`jsonl = "out/results.jsonl"`)
+            // must not fail after the whole run's work is committed.
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            dir.join(tmp_name)
+        };
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(AtomicFile { tmp, path: path.to_path_buf(), file: Some(file) })
+        Ok(AtomicFile { tmp, path: path.to_path_buf(), remote, file: Some(file) })
     }
 
     pub fn file(&mut self) -> &mut std::fs::File {
@@ -69,12 +80,19 @@ impl AtomicFile {
         &self.tmp
     }
 
-    /// Syncs the file and renames it over the target.
+    /// Syncs the file and renames it over the target (or uploads it).
     pub fn commit(mut self) -> Result<()> {
         let file = self.file.take().expect("open until committed");
         file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
         drop(file);
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        match self.remote.take() {
+            Some(uri) => {
+                let tmp = self.tmp.clone();
+                crate::objects::block_on(async move { crate::objects::Location::open(&uri).await?.upload(&tmp).await })?;
+                let _ = std::fs::remove_file(&self.tmp);
+            }
+            None => std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?,
+        }
         self.tmp = PathBuf::new();
         Ok(())
     }

@@ -170,34 +170,42 @@ pub(crate) fn to_batch(rows: &[ResultRow]) -> Result<RecordBatch> {
     RecordBatch::try_new(result_schema(), columns).map_err(Error::arrow("building a batch of result rows"))
 }
 
-/// Where a pipeline's outputs live: `DIR/results.lance`, `DIR/runs.lance`, `DIR/pending/`.
+/// Where a pipeline's outputs live: `DIR/results.lance`, `DIR/runs.lance`, `DIR/pending/`,
+/// ... `DIR` is a local directory or an object-store URI (`s3://bucket/prefix`).
 #[derive(Debug, Clone)]
 pub struct SinkLayout {
-    pub dir: PathBuf,
+    pub root: String,
 }
 
 impl SinkLayout {
     pub fn new(dir: &Path) -> Self {
-        SinkLayout { dir: dir.to_path_buf() }
+        SinkLayout { root: dir.display().to_string() }
+    }
+    /// The sink's local directory; `None` when it is in an object store.
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        (!crate::objects::is_uri(&self.root)).then(|| PathBuf::from(&self.root))
+    }
+    fn at(&self, name: &str) -> String {
+        crate::objects::join(&self.root, name)
     }
     pub fn results(&self) -> String {
-        self.dir.join("results.lance").display().to_string()
+        self.at("results.lance")
     }
     pub fn runs(&self) -> String {
-        self.dir.join("runs.lance").display().to_string()
+        self.at("runs.lance")
     }
     pub fn quarantine(&self) -> String {
-        self.dir.join("quarantine.lance").display().to_string()
+        self.at("quarantine.lance")
     }
-    pub fn pending(&self) -> PathBuf {
-        self.dir.join("pending")
+    pub fn pending(&self) -> String {
+        self.at("pending")
     }
-    pub fn pending_quarantine(&self) -> PathBuf {
-        self.dir.join("pending-quarantine")
+    pub fn pending_quarantine(&self) -> String {
+        self.at("pending-quarantine")
     }
-    /// Lease files, one per scope (`run`, `shard-I-of-N`, `commit`).
-    pub fn leases(&self) -> PathBuf {
-        self.dir.join("leases")
+    /// Leases, one per scope (`run`, `shard-I-of-N`, `commit`).
+    pub fn leases(&self) -> String {
+        self.at("leases")
     }
 }
 

@@ -4,6 +4,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::objects::{block_on, is_uri, join, normalize_uri, Location};
 use crate::spec::SourceSpec;
 
 use super::RowImage;
@@ -102,17 +103,23 @@ pub(super) struct ImagePaths {
     /// The canonical source directory (or why it could not be resolved), when confined.
     root: Option<std::result::Result<PathBuf, String>>,
     root_shown: PathBuf,
+    /// `source.confine_images`.
+    confined: bool,
     max_bytes: u64,
 }
 
 impl ImagePaths {
     pub(super) fn new(src: &SourceSpec, base: &Path, root: &Path) -> Self {
         let root_dir = if root.as_os_str().is_empty() { Path::new(".") } else { root };
+        let remote = is_uri(&root_dir.display().to_string());
         Self {
             label: format!("image column {:?}", src.image_column.clone().unwrap_or_default()),
             base: base.to_path_buf(),
-            root: src.confine_images.then(|| std::fs::canonicalize(root_dir).map_err(|e| format!("{}: {e}", root_dir.display()))),
+            // An object store's prefix is confined by its name (see `read_object`).
+            root: (src.confine_images && !remote)
+                .then(|| std::fs::canonicalize(root_dir).map_err(|e| format!("{}: {e}", root_dir.display()))),
             root_shown: root_dir.to_path_buf(),
+            confined: src.confine_images,
             max_bytes: src.max_image_bytes,
         }
     }
@@ -126,6 +133,10 @@ impl ImagePaths {
     pub(super) fn read_as(&self, p: &str, label: &str) -> std::result::Result<RowImage, String> {
         if p.is_empty() {
             return Err(format!("{label}: the path is empty"));
+        }
+        let base = self.base.display().to_string();
+        if is_uri(p) || is_uri(&base) {
+            return self.read_object(p, label, &base);
         }
         let full = self.base.join(p);
         let target = match &self.root {
@@ -147,6 +158,29 @@ impl ImagePaths {
         read_regular_file(&target, self.max_bytes, "source.max_image_bytes")
             .map(|bytes| RowImage::Encoded { name: p.to_string(), bytes })
             .map_err(|e| format!("{label}: image {}: {e}", full.display()))
+    }
+}
+
+impl ImagePaths {
+    /// An image in an object store: a URI in the row, or a path relative to a source file
+    /// that is in one. Confined, it must lie under the source's prefix (`..` resolved first).
+    fn read_object(&self, p: &str, label: &str, base: &str) -> std::result::Result<RowImage, String> {
+        let joined = if is_uri(p) { p.to_string() } else { join(base, p) };
+        let target = normalize_uri(&joined).ok_or_else(|| format!("{label}: path {p:?} climbs above the top of its bucket"))?;
+        let root = self.root_shown.display().to_string();
+        if self.confined {
+            let inside = normalize_uri(&root).is_some_and(|r| target.starts_with(&format!("{}/", r.trim_end_matches('/'))));
+            if !inside {
+                return Err(format!(
+                    "{label}: path {p:?} resolves to {target}, outside the source directory {root} \
+                     (set source.confine_images = false to read images anywhere)"
+                ));
+            }
+        }
+        let (uri, cap) = (target.clone(), self.max_bytes);
+        block_on(async move { Location::open(&uri).await?.read(cap, "source.max_image_bytes").await })
+            .map(|bytes| RowImage::Encoded { name: p.to_string(), bytes })
+            .map_err(|e| format!("{label}: image {e}"))
     }
 }
 

@@ -3,12 +3,13 @@
 //! header become failed rows named `FILE:LINE`, and polars scans a temporary copy without them.
 
 use std::io::{BufRead, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::spec::SourceSpec;
 use crate::util::sha256_hex;
 
+use super::staged::Staged;
 use super::{failed_row, source_err, SourceRow};
 
 /// A temporary file, removed when dropped.
@@ -106,9 +107,11 @@ fn csv_fields(record: &[u8]) -> usize {
 /// object (JSON lines), have more fields than the header (CSV) or are longer than
 /// `source.max_row_bytes` are failed rows named `FILE:LINE`; when there are any, polars reads
 /// a copy of the file without them. A CSV header that cannot be read is an error of the file.
-pub(super) fn screen_lines(src: &SourceSpec, path: &Path, format: LineFormat) -> Result<Screened> {
+pub(super) fn screen_lines(src: &SourceSpec, staged: &Staged, format: LineFormat) -> Result<Screened> {
     let csv = format == LineFormat::Csv;
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // Read the local file; name the file as the source does.
+    let (local, path) = (staged.local.as_path(), staged.name.as_path());
+    let file = std::fs::File::open(local).map_err(|e| Error::io(path, e))?;
     let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
     let cap = usize::try_from(src.max_row_bytes).unwrap_or(usize::MAX);
     let mut buf = Vec::new();
@@ -176,7 +179,7 @@ pub(super) fn screen_lines(src: &SourceSpec, path: &Path, format: LineFormat) ->
             ));
             let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
             let mut w = std::io::BufWriter::new(f);
-            let mut src_file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            let mut src_file = std::fs::File::open(local).map_err(|e| Error::io(path, e))?;
             std::io::copy(&mut (&mut src_file).take(good_before), &mut w).map_err(|e| Error::io(&tmp, e))?;
             copy = Some((TempCopy { path: tmp }, w));
         }

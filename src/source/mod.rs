@@ -22,7 +22,8 @@
 //! ids and content hashes, failed rows). `tables` scans tables through polars, `lines` screens
 //! JSON lines and CSV files, `columns` turns columns into JSON, `images` reads the files a row
 //! names, `folders` lists folders of images and PDFs, `lance` scans Lance datasets,
-//! `openai_batch` reads OpenAI Batch API request files into chat requests.
+//! `openai_batch` reads OpenAI Batch API request files into chat requests, `staged` reads
+//! files in an object store (`s3://...`) through local copies.
 
 mod columns;
 mod folders;
@@ -30,6 +31,7 @@ mod images;
 mod lance;
 mod lines;
 mod openai_batch;
+mod staged;
 mod tables;
 
 use std::path::Path;
@@ -131,6 +133,13 @@ pub fn open(spec: &PipelineSpec) -> Result<RowBatches> {
 
 /// Opens a source whose path is already resolved (`path` stands for `src.path`).
 pub fn open_source(src: &SourceSpec, path: &Path) -> Result<RowBatches> {
+    if matches!(src.kind, SourceKind::Images | SourceKind::Pdfs) && crate::objects::is_uri(&path.display().to_string()) {
+        return Err(source_err(
+            path,
+            "folders of images and PDFs are read from local directories; for files in an object store, list them \
+             in a table (Parquet, CSV or JSON lines) whose image column holds their paths or URIs",
+        ));
+    }
     match src.kind {
         SourceKind::Parquet | SourceKind::Csv | SourceKind::Jsonl | SourceKind::HfParquet => table(src, path),
         SourceKind::Images => files(src, path, IMAGE_EXTENSIONS, FolderKind::Images),

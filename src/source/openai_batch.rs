@@ -408,6 +408,8 @@ struct OpenFile {
     reader: std::io::BufReader<std::fs::File>,
     line: usize,
     images: ImagePaths,
+    /// The local copy of a request file in an object store.
+    _staged: super::staged::Staged,
 }
 
 struct Requests {
@@ -433,11 +435,17 @@ impl Iterator for Requests {
         while batch.len() < self.src.read_batch {
             let Some(file) = &mut self.current else {
                 let Some(path) = self.files.next() else { break };
-                match std::fs::File::open(&path) {
-                    Ok(f) => {
+                let opened = match super::staged::stage(&path) {
+                    Ok(staged) => std::fs::File::open(&staged.local).map(|f| (staged, f)).map_err(|e| e.to_string()),
+                    Err(Error::Source { message, .. }) => Err(message),
+                    Err(e) => Err(e.to_string()),
+                };
+                match opened {
+                    Ok((staged, f)) => {
                         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
                         let images = ImagePaths::new(&self.src, &base, &self.root);
-                        self.current = Some(OpenFile { path: Arc::new(path), reader: std::io::BufReader::with_capacity(1 << 16, f), line: 0, images });
+                        let reader = std::io::BufReader::with_capacity(1 << 16, f);
+                        self.current = Some(OpenFile { path: Arc::new(path), reader, line: 0, images, _staged: staged });
                     }
                     Err(e) => {
                         let mut columns = Map::new();

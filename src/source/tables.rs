@@ -15,12 +15,13 @@ use crate::spec::{SourceKind, SourceSpec};
 use super::columns::columns_json;
 use super::images::ImagePaths;
 use super::lines::{read_record, screen_lines, LineFormat, TempCopy};
+use super::staged::{object_files, stage, Staged};
 use super::{failed_row, make_row, selected_columns, source_err, RowBatches, RowImage, SourceRow};
 
 /// Name of the row index added to every scan (file row numbers for error messages).
 const ROW_INDEX: &str = "__gemma_batch_row";
 
-fn is_glob(p: &str) -> bool {
+pub(super) fn is_glob(p: &str) -> bool {
     p.contains(['*', '?', '['])
 }
 
@@ -29,12 +30,16 @@ pub(super) struct TableFiles {
     /// The directory images must stay inside: the file's directory, or the part of a glob
     /// before its first pattern.
     pub(super) root: PathBuf,
-    glob: bool,
+    pub(super) glob: bool,
 }
 
-/// The files of a table source: the path, or the files its glob matches (sorted).
+/// The files of a table source: the path, or the files its glob matches (sorted); in an
+/// object store when the path is a URI.
 pub(super) fn table_files(path: &Path) -> Result<TableFiles> {
     let p = path.display().to_string();
+    if crate::objects::is_uri(&p) {
+        return object_files(path);
+    }
     if !is_glob(&p) {
         if !path.exists() {
             return Err(source_err(path, "file not found"));
@@ -133,6 +138,8 @@ struct FileScan {
     restarted: bool,
     /// The screened copy polars reads; removed when the scan is dropped.
     _copy: Option<TempCopy>,
+    /// The local copy of a file in an object store; removed when the scan is dropped.
+    _staged: Staged,
     images: ImagePaths,
     /// Row index (0-based, as polars reads the file) after the last row returned.
     next_index: u64,
@@ -178,14 +185,15 @@ impl FileScan {
             SourceKind::Csv => Some(LineFormat::Csv),
             _ => None,
         };
+        let staged = stage(path)?;
         let (screened, copy) = match format {
-            Some(f) if path.is_file() => {
-                let s = screen_lines(src, path, f)?;
+            Some(f) if staged.local.is_file() => {
+                let s = screen_lines(src, &staged, f)?;
                 (s.bad, s.copy)
             }
             _ => (Vec::new(), None),
         };
-        let scan_path = copy.as_ref().map_or(path, |c| c.path.as_path()).display().to_string();
+        let scan_path = copy.as_ref().map_or(staged.local.as_path(), |c| c.path.as_path()).display().to_string();
         let batches = scan_batches(src, filter, &scan_path, false, 0).map_err(|e| source_err(path, e))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(Self {
@@ -196,6 +204,7 @@ impl FileScan {
             batches: Some(batches),
             restarted: false,
             _copy: copy,
+            _staged: staged,
             images: ImagePaths::new(src, &base, root),
             next_index: 0,
         })
@@ -326,10 +335,11 @@ fn image_column(df: &DataFrame, name: &str, images: &ImagePaths) -> std::result:
 
 /// Column names of one table file, from its schema (see [`column_names`](super::column_names)).
 pub(super) fn file_column_names(src: &SourceSpec, path: &Path) -> Result<Vec<String>> {
-    if src.kind == SourceKind::Jsonl && path.is_file() {
-        return json_lines_keys(src, path);
+    let staged = stage(path)?;
+    if src.kind == SourceKind::Jsonl && staged.local.is_file() {
+        return json_lines_keys(src, &staged.local);
     }
-    let plpath = PlRefPath::new(path.display().to_string());
+    let plpath = PlRefPath::new(staged.local.display().to_string());
     let lf = match src.kind {
         SourceKind::Parquet | SourceKind::HfParquet => LazyFrame::scan_parquet(plpath, ScanArgsParquet::default()),
         // The header only: every column read as text, no row parsed.
