@@ -667,11 +667,12 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                     t.mean_latency_ms.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()), t.output_tokens);
             }
         }
-        if let Some(p) = &spec.sink.parquet {
-            println!("export: {}", spec.resolve(p).display());
-        }
-        if let Some(p) = &spec.sink.jsonl {
-            println!("export: {}", spec.resolve(p).display());
+        for p in [&spec.sink.parquet, &spec.sink.jsonl].into_iter().flatten() {
+            match shard {
+                // Shards stage their rows; the commit writes the exports.
+                Some(_) => println!("export: {} is written by `gemma-batch commit {}`", spec.resolve(p).display(), spec_path.display()),
+                None => println!("export: {}", spec.resolve(p).display()),
+            }
         }
         match (&summary.openai_batch, &spec.sink.openai_batch) {
             (Some(o), _) => println!("output: {} ({} lines: {} responses, {} errors)", o.path, o.lines, o.responses, o.errors),

@@ -94,6 +94,14 @@ impl std::fmt::Debug for Location {
     }
 }
 
+/// What went wrong, briefly: a missing object is "no such object", not the server's reply.
+fn describe(e: object_store::Error) -> String {
+    match e {
+        object_store::Error::NotFound { .. } => "no such object".into(),
+        other => other.to_string(),
+    }
+}
+
 fn store_err(uri: &str) -> impl Fn(String) -> Error + '_ {
     move |message| Error::Store { uri: uri.to_string(), message }
 }
@@ -128,7 +136,7 @@ impl Location {
             match me.store.inner.head(&me.key).await {
                 Ok(meta) => Ok(Some(meta.size)),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(store_err(&me.uri)(e.to_string())),
+                Err(e) => Err(store_err(&me.uri)(describe(e))),
             }
         })
         .await
@@ -141,7 +149,7 @@ impl Location {
         let cap_key = cap_key.to_string();
         on_io(async move {
             let err = store_err(&me.uri);
-            let got = me.store.inner.get(&me.key).await.map_err(|e| err(e.to_string()))?;
+            let got = me.store.inner.get(&me.key).await.map_err(|e| err(describe(e)))?;
             let too_big = |n: u64| err(format!("is {n} bytes, over {cap_key} = {cap} (raise it to read larger objects)"));
             if got.meta.size > cap {
                 return Err(too_big(got.meta.size));
@@ -237,7 +245,7 @@ impl Location {
         let to = to.to_path_buf();
         on_io(async move {
             let err = store_err(&me.uri);
-            let got = me.store.inner.get(&me.key).await.map_err(|e| err(e.to_string()))?;
+            let got = me.store.inner.get(&me.key).await.map_err(|e| err(describe(e)))?;
             let mut file = tokio::fs::File::create(&to).await.map_err(|e| Error::io(&to, e))?;
             let mut stream = got.into_stream();
             while let Some(chunk) = stream.next().await {

@@ -39,8 +39,9 @@ pub(super) fn stage(path: &Path) -> Result<Staged> {
     }
     static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+    // Named apart from the screened copies of `lines`, which are made from these.
     let local = std::env::temp_dir().join(format!(
-        "gemma-batch-{}-{}-{}.{ext}",
+        "gemma-batch-object-{}-{}-{}.{ext}",
         std::process::id(),
         COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         &sha256_hex(&[uri.as_bytes()])[..12]
