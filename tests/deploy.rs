@@ -1,11 +1,25 @@
 //! The cluster recipes in pipelines/deploy/, run here as the schedulers would run them: N shard
 //! processes with the variables the scheduler sets, then the commit, once.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
+use common::s3::S3Server;
 use common::*;
+
+/// key -> (output, error) of a JSON lines export, panicking on a key exported twice.
+fn exported(path: &Path) -> HashMap<String, (Option<String>, Option<String>)> {
+    let mut rows = HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let text = |k: &str| v[k].as_str().map(str::to_owned);
+        let key = text("key").unwrap();
+        assert!(rows.insert(key.clone(), (text("output"), text("error"))).is_none(), "{key} is exported twice");
+    }
+    rows
+}
 
 /// 15 text rows and one row without an id (a failed row, wherever its shard is).
 fn corpus(dir: &Path) -> String {
@@ -19,7 +33,10 @@ fn corpus(dir: &Path) -> String {
 
 /// Every committed (row, task) exactly once: 16 rows, one of them failed.
 fn check_committed_once(dir: &Path) {
-    let rows = committed(dir);
+    check_once(committed(dir));
+}
+
+fn check_once(rows: HashMap<String, (Option<String>, Option<String>)>) {
     assert_eq!(rows.len(), 16, "one row per (row, task): {rows:?}");
     let failed: Vec<_> = rows.values().filter(|(_, e)| e.is_some()).collect();
     assert_eq!(failed.len(), 1, "{failed:?}");
@@ -53,12 +70,33 @@ fn kubernetes_indexed_job_shards_then_commits_once_and_fails_rows_without_retryi
     assert!(yaml.contains("backoffLimitPerIndex:") && yaml.contains("Complete|Failed"), "the commit waits for the shards to end either way");
     assert!(commands[0].contains(&format!("{completions}")), "--shards matches completions: {:?}", commands[0]);
 
+    // The manifest's pipeline reads and writes a bucket: no shared volume.
+    let embedded: String = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("pipeline.toml: |"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| format!("{}\n", &l[4..]))
+        .collect();
+    let pipeline: toml::Value = toml::from_str(&embedded).unwrap_or_else(|e| panic!("{e}: {embedded}"));
+    assert!(pipeline["sink"]["dir"].as_str().unwrap().starts_with("s3://"), "{embedded}");
+    assert!(pipeline["source"]["path"].as_str().unwrap().starts_with("s3://"), "{embedded}");
+    assert!(!yaml.contains("persistentVolumeClaim") && yaml.contains("secretRef"), "credentials from a Secret, no shared volume");
+
+    // Rendered here against a local S3 server: the sink in a bucket, the export local.
     let tmp = tempfile::tempdir().unwrap();
-    let spec = write_spec(tmp.path(), &corpus(tmp.path()), ECHO_TASK, "");
-    let in_manifest = "/work/pipelines/demo.toml";
+    let server = S3Server::start(&tmp.path().join("s3-server.log"), "deploy");
+    let export = tmp.path().join("results.jsonl");
+    let spec = write_spec(tmp.path(), &corpus(tmp.path()), ECHO_TASK, &format!("jsonl = \"{}\"", export.display()));
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let local_sink = format!("dir = \"{}\"", tmp.path().join("out").display());
+    assert!(text.contains(&local_sink));
+    std::fs::write(&spec, text.replace(&local_sink, "dir = \"s3://deploy/sink\"")).unwrap();
+    let in_manifest = "/config/pipeline.toml";
     let render = |cmd: &[String]| -> Command {
         let mut c = Command::new(bin_path());
         c.args(cmd[1..].iter().map(|a| if a == in_manifest { spec.display().to_string() } else { a.clone() }));
+        c.envs(server.env());
         c
     };
     let shards: Vec<_> = (0..completions)
@@ -67,15 +105,23 @@ fn kubernetes_indexed_job_shards_then_commits_once_and_fails_rows_without_retryi
     let codes: Vec<i32> = shards.into_iter().map(|mut c| c.wait().unwrap().code().unwrap()).collect();
     assert_eq!(codes.iter().filter(|&&c| c == 3).count(), 1, "the shard with the failed row exits 3, the others 0: {codes:?}");
     assert!(codes.iter().all(|&c| c == 0 || c == 3), "{codes:?}");
-    assert!(committed(tmp.path()).is_empty(), "shards do not commit");
+    assert!(!export.exists() && !tmp.path().join("out").exists(), "shards do not commit, and write nothing locally");
     let out = render(&commands[1]).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "the commit reports the failed row: {}", stderr(&out));
     assert!(stderr(&out).contains("1 failed rows") && stderr(&out).contains("id column \"id\" is missing"), "{}", stderr(&out));
-    check_committed_once(tmp.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("committed") && stdout.contains("(16 rows)"), "{stdout}");
+    check_once(exported(&export));
     // A retried commit Job adds nothing.
     let again = render(&commands[1]).output().unwrap();
     assert_eq!(again.status.code(), Some(3));
-    check_committed_once(tmp.path());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to commit"));
+    check_once(exported(&export));
+    // Every shard's run record is kept, though all of them created `runs.lance` at once.
+    let history = render(&["gemma-batch".into(), "history".into(), in_manifest.into(), "--json".into()]).output().unwrap();
+    assert!(history.status.success(), "{}", stderr(&history));
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(history["runs"].as_array().unwrap().len(), completions + 2, "8 shards and 2 commits: {history}");
 }
 
 #[test]

@@ -4,73 +4,16 @@
 //! history read back, and every (row, task) stored exactly once.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use gemma_batch::objects::{block_on, Location};
 use gemma_batch::sink::{to_polars, ResultStore};
 use polars::prelude::*;
 
 mod common;
+use common::s3::S3Server;
 use common::*;
-
-/// The S3 server, killed when dropped.
-struct S3Server {
-    child: Child,
-    port: u16,
-}
-
-impl S3Server {
-    fn start(log: &Path) -> S3Server {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let log_file = std::fs::File::create(log).unwrap();
-        let child = Command::new("bash")
-            .arg(repo().join("tools/s3-server.sh"))
-            .arg(port.to_string())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("start tools/s3-server.sh");
-        let mut server = S3Server { child, port };
-        // The first start installs the server's Python package.
-        let up = wait_until(600, || {
-            assert!(server.child.try_wait().unwrap().is_none(), "the S3 server exited: {}", std::fs::read_to_string(log).unwrap_or_default());
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(up, "the S3 server did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
-        server.put_bucket("corpus");
-        server
-    }
-
-    /// Creates a bucket (a plain unsigned request: the server does not check signatures).
-    fn put_bucket(&mut self, name: &str) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(s, "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.port).unwrap();
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).unwrap();
-        assert!(reply.starts_with("HTTP/1.1 200"), "create bucket {name}: {reply}");
-    }
-
-    /// What the tests and every `gemma-batch` they start read credentials and the endpoint from.
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ACCESS_KEY_ID", "test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "test".into()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
-            ("AWS_ALLOW_HTTP", "true".into()),
-        ]
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn upload(from: &Path, uri: &str) {
     let (from, uri) = (from.to_path_buf(), uri.to_string());
@@ -112,7 +55,7 @@ fn spec_text(kind: &str, source: &str, sink: &str, exports: &str) -> String {
 #[test]
 fn four_shards_read_a_parquet_source_from_a_bucket_and_commit_into_it_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&tmp.path().join("s3-server.log"));
+    let server = S3Server::start(&tmp.path().join("s3-server.log"), "corpus");
     for (k, v) in server.env() {
         // Set before any thread of this test reads the environment; the only test here.
         std::env::set_var(k, v);

@@ -8,7 +8,8 @@
 # Submitted by that command, the array tasks run this script with SLURM_ARRAY_TASK_ID set;
 # gemma-batch reads SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_MIN and SLURM_ARRAY_TASK_COUNT.
 # The commit job lists the failed rows and exits 3 when there are any (see its log).
-# The sink directory (sink.dir in the spec) must be on storage every node shares.
+# The sink (sink.dir in the spec) is a directory every node shares, or an object-store URI
+# (s3://bucket/prefix, credentials from the usual AWS variables in the job's environment).
 #SBATCH --job-name=gemma-batch
 #SBATCH --array=0-7
 #SBATCH --cpus-per-task=4

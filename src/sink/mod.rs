@@ -209,6 +209,47 @@ impl SinkLayout {
     }
 }
 
+/// Creates the empty table `uri` with `schema` unless it exists. One process creates it: Lance
+/// lets a table's first commit (an overwrite) land over another creator's first commits, so
+/// shards creating `runs.lance` together lost run records. The creator is elected with a
+/// conditional put of `URI.creating` beside the table; the others wait for the table. A
+/// marker older than a minute belongs to a creator that died, and is taken over.
+pub(crate) async fn create_table_once(uri: &str, schema: Arc<Schema>) -> Result<()> {
+    use lance::dataset::Dataset;
+    let exists = |uri: String| async move {
+        match Dataset::open(&uri).await {
+            Ok(_) => Ok(true),
+            Err(lance::Error::DatasetNotFound { .. }) | Err(lance::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::lance(&uri)(e)),
+        }
+    };
+    let marker = crate::objects::Location::open(&format!("{}.creating", uri.trim_end_matches('/'))).await?;
+    loop {
+        if exists(uri.to_string()).await? {
+            return Ok(());
+        }
+        if marker.create(crate::util::now_ms().to_string().into_bytes()).await? {
+            // Checked again: the last creator may have finished between the two steps.
+            let created = match exists(uri.to_string()).await {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    let empty = arrow_array::RecordBatchIterator::new(vec![Ok(RecordBatch::new_empty(schema.clone()))], schema.clone());
+                    Dataset::write(empty, uri, None).await.map(|_| ()).map_err(Error::lance(uri))
+                }
+                Err(e) => Err(e),
+            };
+            marker.delete().await?;
+            return created;
+        }
+        let since: Option<i64> = marker.read(64, "the marker size").await.ok().and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok());
+        if since.is_some_and(|t| crate::util::now_ms() - t > 60_000) {
+            marker.delete().await?;
+            continue;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Lance record batches as one polars DataFrame (the column types our tables use).
 pub fn to_polars(batches: &[RecordBatch]) -> Result<polars::prelude::DataFrame> {
     use arrow_array::cast::AsArray;

@@ -69,17 +69,8 @@ impl ResultStore {
     pub async fn ensure_exists(&self) -> Result<()> {
         let schema = result_schema();
         let err = Error::lance(&self.uri);
-        let mut ds = match self.open().await? {
-            Some(ds) => ds,
-            None => {
-                let empty = arrow_array::RecordBatchIterator::new(vec![Ok(RecordBatch::new_empty(schema.clone()))], schema.clone());
-                match Dataset::write(empty, self.uri.as_str(), None).await {
-                    Ok(ds) => ds,
-                    // Shards and overlapping runs start together: another may have created it.
-                    Err(e) => self.open().await?.ok_or_else(|| err(e))?,
-                }
-            }
-        };
+        super::create_table_once(&self.uri, schema.clone()).await?;
+        let mut ds = self.open().await?.ok_or_else(|| Error::Sink(format!("{}: vanished right after it was created", self.uri)))?;
         let have = arrow_schema::Schema::from(ds.schema());
         let missing: Vec<&str> =
             schema.fields().iter().filter(|f| have.field_with_name(f.name()).is_err()).map(|f| f.name().as_str()).collect();

@@ -69,17 +69,11 @@ impl RunStore {
             vec![s(&r.run_id), s(&r.name), s(&r.spec), s(&r.provenance), s(&r.summary), t(r.started_ms), t(r.ended_ms)],
         )
         .map_err(Error::arrow("building the run record"))?;
-        // Append creates the table when it is missing; when shards create it at the same
-        // moment, all but one fail with "already exists" and append on the next try.
-        let mut tries = 0;
-        loop {
-            let params = WriteParams { mode: WriteMode::Append, ..Default::default() };
-            let reader = RecordBatchIterator::new(vec![Ok(batch.clone())], schema.clone());
-            match Dataset::write(reader, self.uri.as_str(), Some(params)).await {
-                Ok(ds) => return Ok(ds.version_id()),
-                Err(lance::Error::DatasetAlreadyExists { .. }) if tries < 3 => tries += 1,
-                Err(e) => return Err(Error::lance(&self.uri)(e)),
-            }
-        }
+        // Created by one process; appends of runs finishing together then merge.
+        super::create_table_once(&self.uri, schema.clone()).await?;
+        let params = WriteParams { mode: WriteMode::Append, ..Default::default() };
+        let reader = RecordBatchIterator::new(vec![Ok(batch)], schema);
+        let ds = Dataset::write(reader, self.uri.as_str(), Some(params)).await.map_err(Error::lance(&self.uri))?;
+        Ok(ds.version_id())
     }
 }

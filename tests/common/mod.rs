@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 
 use gemma_batch::sink::{to_polars, ResultStore};
 
+pub mod s3;
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
