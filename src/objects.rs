@@ -31,6 +31,21 @@ pub fn is_uri(p: &str) -> bool {
     }
 }
 
+/// Whether this build reads and writes `p`: local paths and `file://` always, `s3://` with the
+/// cargo feature `s3`. The error says what to do instead.
+pub fn check_supported(p: &str) -> std::result::Result<(), String> {
+    if !is_uri(p) {
+        return Ok(());
+    }
+    match p.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase()).as_deref() {
+        Some("file") => Ok(()),
+        Some("s3") if cfg!(feature = "s3") => Ok(()),
+        Some("s3") => Err(format!("{p}: this build has no S3 support; build it with the cargo feature s3 (on by default)")),
+        Some(other) => Err(format!("{p}: {other}:// is not supported (object stores: s3://, and S3-compatible ones through AWS_ENDPOINT)")),
+        None => Ok(()),
+    }
+}
+
 /// `base` and a relative `name` joined with one `/` (URIs) or as paths (local).
 pub fn join(base: &str, name: &str) -> String {
     if is_uri(base) {
@@ -109,6 +124,7 @@ fn store_err(uri: &str) -> impl Fn(String) -> Error + '_ {
 impl Location {
     /// The location of `uri` (an object-store URI or a local path).
     pub async fn open(uri: &str) -> Result<Location> {
+        check_supported(uri).map_err(|message| Error::Store { uri: uri.to_string(), message })?;
         let owned = uri.to_string();
         on_io(async move {
             let (store, key) = ObjectStore::from_uri_and_params(registry(), &owned, &ObjectStoreParams::default())
@@ -326,6 +342,9 @@ mod tests {
         assert_eq!(parent_uri("s3://b/data/t.parquet"), "s3://b/data");
         assert_eq!(parent_uri("s3://b/t.parquet"), "s3://b");
         assert_eq!(parent_uri("s3://b"), "s3://b");
+        assert!(check_supported("data/x.parquet").is_ok() && check_supported("file:///x").is_ok());
+        assert_eq!(check_supported("s3://b/x").is_ok(), cfg!(feature = "s3"));
+        assert!(check_supported("gs://b/x").unwrap_err().contains("gs:// is not supported"));
     }
 
     #[test]

@@ -299,6 +299,15 @@ impl PipelineSpec {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
+        let uris = [("source.path", Some(&self.source.path)), ("sink.dir", Some(&self.sink.dir))]
+            .into_iter()
+            .chain([("sink.parquet", self.sink.parquet.as_ref()), ("sink.jsonl", self.sink.jsonl.as_ref())])
+            .chain([("sink.openai_batch", self.sink.openai_batch.as_ref())]);
+        for (key, value) in uris {
+            if let Some(v) = value {
+                crate::objects::check_supported(v).map_err(|e| format!("{key}: {e}"))?;
+            }
+        }
         if self.tasks.is_empty() {
             return Err("no [[task]]: add at least one".into());
         }
