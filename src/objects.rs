@@ -40,8 +40,8 @@ pub fn check_supported(p: &str) -> std::result::Result<(), String> {
     match p.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase()).as_deref() {
         Some("file") => Ok(()),
         Some("s3") if cfg!(feature = "s3") => Ok(()),
-        Some("s3") => Err(format!("{p}: this build has no S3 support; build it with the cargo feature s3 (on by default)")),
-        Some(other) => Err(format!("{p}: {other}:// is not supported (object stores: s3://, and S3-compatible ones through AWS_ENDPOINT)")),
+        Some("s3") => Err("this build has no S3 support; build it with the cargo feature s3 (on by default)".into()),
+        Some(other) => Err(format!("{other}:// is not supported (object stores: s3://, and S3-compatible ones through AWS_ENDPOINT)")),
         None => Ok(()),
     }
 }

@@ -305,7 +305,7 @@ impl PipelineSpec {
             .chain([("sink.openai_batch", self.sink.openai_batch.as_ref())]);
         for (key, value) in uris {
             if let Some(v) = value {
-                crate::objects::check_supported(v).map_err(|e| format!("{key}: {e}"))?;
+                crate::objects::check_supported(v).map_err(|e| format!("{key} = {v:?}: {e}"))?;
             }
         }
         if self.tasks.is_empty() {
