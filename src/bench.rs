@@ -346,3 +346,62 @@ pub fn export_figure(dir: &std::path::Path, format: &str) -> crate::Result<Expor
     let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     Ok(ExportFigure { rows, format: format.into(), seconds, rss_before_kib, peak_rss_kib: peak_rss_kib(), peak_anon_kib, bytes })
 }
+
+/// One prefill benchmark (`gemma-batch bench prefill`): `batch` prompts of `tokens` tokens
+/// prefilled as one batch, with logits for the last position only or for every position.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PrefillFigure {
+    pub all_logits: bool,
+    pub batch: usize,
+    pub tokens: usize,
+    pub vocab: usize,
+    /// The best of the timed repeats.
+    pub seconds: f64,
+    /// Logits positions computed per row (the graph's `num_logits_to_keep` or all of them).
+    pub positions_per_row: usize,
+    pub rss_before_kib: Option<u64>,
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// `batch` different prompts of exactly `tokens` token ids (generated questions run together,
+/// cut to length): only the shape matters to a prefill.
+pub fn prefill_prompts(model: &crate::model::Gemma4, batch: usize, tokens: usize) -> crate::Result<Vec<crate::model::Prepared>> {
+    let mut prompts = Vec::with_capacity(batch);
+    for row in 0..batch {
+        let mut ids: Vec<u32> = Vec::new();
+        let mut seed = 1_000 + row as u64;
+        while ids.len() < tokens {
+            let text = generation_prompts(16, seed).join(" ");
+            ids.extend(model.prepare(&crate::model::Request { prompt: text, ..Default::default() })?.input_ids);
+            seed += 1_000;
+        }
+        ids.truncate(tokens);
+        prompts.push(crate::model::Prepared { input_ids: ids, images: Vec::new() });
+    }
+    Ok(prompts)
+}
+
+/// Times `repeats` prefills of the prompts (the best counts; the first also pays for first-run
+/// allocations) and reads this process's memory figures.
+pub fn prefill_figure(model: &mut crate::model::Gemma4, batch: usize, tokens: usize, all_logits: bool, repeats: usize) -> crate::Result<PrefillFigure> {
+    let prompts = prefill_prompts(model, batch, tokens)?;
+    let rss_before_kib = rss_kib();
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        model.bench_prefill(&prompts, all_logits)?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    let chunks = tokens.div_ceil(model.prefill_chunk().max(1));
+    let positions_per_row = if all_logits || !model.has_logits_to_keep() { tokens } else { chunks };
+    Ok(PrefillFigure {
+        all_logits,
+        batch,
+        tokens,
+        vocab: model.vocab_size(),
+        seconds: best,
+        positions_per_row,
+        rss_before_kib,
+        peak_rss_kib: peak_rss_kib(),
+    })
+}

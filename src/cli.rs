@@ -370,6 +370,31 @@ gemma-batch bench export --rows 10000,1000000 --formats parquet,jsonl --dir /tmp
 Writes a results table of synthetic rows (with kept input columns) for each size, then exports it\n\
 in a fresh process of its own and prints that process's peak resident memory (VmHWM).")]
     Export(BenchExportArgs),
+    /// Prefill time and peak memory with last-position logits against every position's.
+    #[command(after_help = "Examples:\n  gemma-batch bench prefill --model models/bench-gemma4\n  \
+gemma-batch bench prefill --model DIR --batch 8 --tokens 512 --repeats 3\n\n\
+Each mode runs in a process of its own, so each peak RSS is that mode's. With a graph that has \
+num_logits_to_keep, prefill computes the logits of the last position only; the other mode \
+computes them for every position, as a graph without the input must.")]
+    Prefill(BenchPrefillArgs),
+}
+
+#[derive(Args)]
+struct BenchPrefillArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompts prefilled together.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Tokens per prompt.
+    #[arg(long, default_value_t = 512)]
+    tokens: usize,
+    /// Timed prefills per mode; the best is reported.
+    #[arg(long, default_value_t = 2)]
+    repeats: usize,
+    /// Internal: run one mode (last or all) in this process and print the figure as JSON.
+    #[arg(long, value_name = "MODE", hide = true)]
+    logits_only: Option<String>,
 }
 
 #[derive(Args)]
@@ -497,6 +522,7 @@ pub fn main() -> ExitCode {
         Command::Bench(BenchCommand::Generate(args)) => bench_generate(args),
         Command::Bench(BenchCommand::Compact(args)) => bench_compact(args),
         Command::Bench(BenchCommand::Export(args)) => bench_export(args),
+        Command::Bench(BenchCommand::Prefill(args)) => bench_prefill(args),
     };
     match result {
         Ok(code) => code,
@@ -950,6 +976,62 @@ fn bench_export(args: BenchExportArgs) -> Result<ExitCode> {
         );
     }
     println!("peak RSS includes the program's own mapped code; peak heap is the anonymous memory (RssAnon), sampled");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_prefill(args: BenchPrefillArgs) -> Result<ExitCode> {
+    anyhow::ensure!(args.batch > 0 && args.tokens > 0, "--batch and --tokens must be at least 1");
+    if let Some(mode) = &args.logits_only {
+        let all = match mode.as_str() {
+            "all" => true,
+            "last" => false,
+            other => anyhow::bail!("--logits-only {other:?}: last or all"),
+        };
+        let mut model = args.model.load()?;
+        let figure = crate::bench::prefill_figure(&mut model, args.batch, args.tokens, all, args.repeats)?;
+        println!("{}", serde_json::to_string(&figure)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let exe = std::env::current_exe().context("finding this program")?;
+    let mut figures: Vec<crate::bench::PrefillFigure> = Vec::new();
+    for mode in ["last", "all"] {
+        eprintln!("prefill of {} x {} tokens, logits of {} positions", args.batch, args.tokens, if mode == "last" { "the last" } else { "all" });
+        // Each mode in a process of its own: the peak is that mode's.
+        let out = std::process::Command::new(&exe)
+            .args(std::env::args_os().skip(1))
+            .args(["--logits-only", mode])
+            .output()
+            .context("running the prefill process")?;
+        anyhow::ensure!(out.status.success(), "the {mode} prefill failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        figures.push(serde_json::from_str(text.trim()).with_context(|| format!("reading the prefill figure {text:?}"))?);
+    }
+    let (last, all) = (&figures[0], &figures[1]);
+    let mib = |k: Option<u64>| k.map(|k| format!("{:.0}", k as f64 / 1024.0)).unwrap_or_else(|| "n/a".into());
+    println!("model {}: prefill of {} prompts x {} tokens, {}-entry vocabulary", args.model.model.display(), args.batch, args.tokens, last.vocab);
+    println!("{:<16} {:>9} {:>22} {:>15} {:>13}", "logits", "seconds", "logits [b, pos, vocab]", "RSS before MiB", "peak RSS MiB");
+    for f in &figures {
+        println!(
+            "{:<16} {:>9.3} {:>22} {:>15} {:>13}",
+            if f.all_logits { "every position" } else { "last position" },
+            f.seconds,
+            format!("[{}, {}, {}]", f.batch, f.positions_per_row, f.vocab),
+            mib(f.rss_before_kib),
+            mib(f.peak_rss_kib)
+        );
+    }
+    let full_mib = (args.batch * args.tokens * last.vocab * 4) as f64 / (1024.0 * 1024.0);
+    println!(
+        "last position / every position: {:.2} of the time ({:.1}x faster); a [{}, {}, {}] f32 logits tensor is {full_mib:.0} MiB",
+        last.seconds / all.seconds,
+        all.seconds / last.seconds,
+        args.batch,
+        args.tokens,
+        last.vocab
+    );
+    if last.positions_per_row == last.tokens {
+        println!("note: this decoder has no num_logits_to_keep input, so both modes compute every position's logits");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

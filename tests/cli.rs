@@ -174,6 +174,21 @@ fn filter_prints_decisions_per_line() {
 }
 
 #[test]
+fn bench_prefill_compares_last_position_logits_with_every_position() {
+    let model = model_dir();
+    let args = ["bench", "prefill", "--model", model.to_str().unwrap(), "--device", "cpu", "--batch", "2", "--tokens", "24", "--repeats", "1"];
+    let out = gemma_batch(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    // The tiny export has num_logits_to_keep: one position a row against all 24.
+    assert!(stdout.contains("last position") && stdout.contains("[2, 1, "), "{stdout}");
+    assert!(stdout.contains("every position") && stdout.contains("[2, 24, "), "{stdout}");
+    assert!(stdout.contains("last position / every position:"), "{stdout}");
+    let out = gemma_batch(&["bench", "prefill", "--model", model.to_str().unwrap(), "--tokens", "0"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--tokens"));
+}
+
+#[test]
 fn bench_generate_prints_figures_and_writes_the_prompts_and_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");

@@ -682,6 +682,33 @@ impl Gemma4 {
             .collect())
     }
 
+    /// Benchmarks: one prefill of `prompts` as one batch, as generation runs it (the last
+    /// position's logits read back). `all_logits` runs it as for a graph without
+    /// `num_logits_to_keep`: every position's logits are computed and returned.
+    pub fn bench_prefill(&mut self, prompts: &[Prepared], all_logits: bool) -> Result<()> {
+        let saved = self.logits_to_keep;
+        self.logits_to_keep = saved && !all_logits;
+        let refs: Vec<&Prepared> = prompts.iter().collect();
+        let done = super::batching::prefill_last(self, &refs).map(|_| ());
+        self.logits_to_keep = saved;
+        done
+    }
+
+    /// Whether the decoder takes `num_logits_to_keep` (prefill computes last-position logits).
+    pub fn has_logits_to_keep(&self) -> bool {
+        self.logits_to_keep
+    }
+
+    /// The size of the vocabulary (the logits' last dimension).
+    pub fn vocab_size(&self) -> usize {
+        self.config.text_config.vocab_size
+    }
+
+    /// Positions a prefill runs at once (`ModelOptions::prefill_chunk`).
+    pub fn prefill_chunk(&self) -> usize {
+        self.prefill_chunk
+    }
+
     /// First-step logits for one prompt (the last prompt position).
     pub fn first_step_logits(&mut self, prompt: &Prepared) -> Result<Vec<f32>> {
         self.check_fits(0, prompt.input_ids.len(), 0)?;
