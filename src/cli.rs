@@ -354,12 +354,13 @@ struct BenchExportArgs {
     /// Table sizes in rows; ratios are against the first.
     #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
     rows: Vec<usize>,
-    /// Export formats to measure.
+    /// Export formats to measure (also `scan`: reading the table alone; `frames`: reading it
+    /// into polars frames, as the exports do).
     #[arg(long, value_delimiter = ',', default_value = "parquet,jsonl")]
     formats: Vec<String>,
     /// Rows per data file of the tables written (a run writes one fragment per commit of at
     /// most sink.commit_every rows; a compacted table has files of up to a million rows).
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    #[arg(long, value_name = "N", default_value_t = 1024)]
     rows_per_file: usize,
     /// Where the tables and exports go (kept); default a temporary directory, removed after.
     #[arg(long, value_name = "DIR")]
