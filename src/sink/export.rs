@@ -27,8 +27,10 @@ use crate::source::{DUPLICATE_CUSTOM_ID, INVALID_REQUEST};
 
 /// The column holding kept input columns.
 const KEPT: &str = "input_columns";
-/// Rows of a Parquet row group (fewer in the last one).
-pub const PARQUET_ROW_GROUP_ROWS: usize = 16_384;
+/// Rows of a Parquet row group (fewer in the last one). Small groups keep what is held at once
+/// small; polars' writer keeps some 100 KB of metadata per group until the file is finished
+/// (about 16 MB per million rows at this size).
+pub const PARQUET_ROW_GROUP_ROWS: usize = 8192;
 
 /// Writes the latest rows of `store` to each path given.
 pub async fn export(store: &ResultStore, parquet: Option<&Path>, jsonl: Option<&Path>) -> Result<()> {
