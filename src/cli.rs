@@ -343,7 +343,7 @@ and prints the ratios.")]
     Generate(BenchGenerateArgs),
     /// Peak memory of exporting results tables of growing size (streamed exports stay flat).
     #[command(after_help = "Examples:\n  gemma-batch bench export\n  \
-gemma-batch bench export --rows 10000,1000000 --formats parquet,jsonl --dir /tmp/export-bench\n\n\
+gemma-batch bench export --rows 10000,1000000 --formats parquet,jsonl --dir export-bench\n\n\
 Writes a results table of synthetic rows (with kept input columns) for each size, then exports it\n\
 in a fresh process of its own and prints that process's peak resident memory (VmHWM).")]
     Export(BenchExportArgs),
