@@ -336,7 +336,25 @@ pub fn export_figure(dir: &std::path::Path, format: &str) -> crate::Result<Expor
         match format {
             "parquet" => crate::sink::export::export(&store, Some(&out), None).await,
             "jsonl" => crate::sink::export::export(&store, None, Some(&out)).await,
-            other => Err(crate::Error::Sink(format!("unknown export format {other:?} (parquet or jsonl)"))),
+            // Reading alone: the table scanned, each batch dropped (what the exports share).
+            "scan" => {
+                use futures::TryStreamExt;
+                if let Some(mut s) = store.stream(None).await? {
+                    while s.try_next().await?.is_some() {}
+                }
+                std::fs::write(&out, b"").map_err(|e| crate::Error::io(&out, e))
+            }
+            // Reading and turning each batch into a polars frame.
+            "frames" => {
+                use futures::TryStreamExt;
+                if let Some(mut s) = store.stream(None).await? {
+                    while let Some(b) = s.try_next().await? {
+                        drop(crate::sink::to_polars(&[b])?);
+                    }
+                }
+                std::fs::write(&out, b"").map_err(|e| crate::Error::io(&out, e))
+            }
+            other => Err(crate::Error::Sink(format!("unknown export format {other:?} (parquet, jsonl; scan or frames: reading alone)"))),
         }
     });
     let seconds = started.elapsed().as_secs_f64();

@@ -366,7 +366,7 @@ Builds the tables in a temporary directory (--dir to keep them) and reads each w
     Compact(BenchCompactArgs),
     /// Peak memory of exporting results tables of growing size (streamed exports stay flat).
     #[command(after_help = "Examples:\n  gemma-batch bench export\n  \
-gemma-batch bench export --rows 10000,1000000 --formats parquet,jsonl --dir /tmp/export-bench\n\n\
+gemma-batch bench export --rows 10000,1000000 --formats parquet,jsonl --dir export-bench\n\n\
 Writes a results table of synthetic rows (with kept input columns) for each size, then exports it\n\
 in a fresh process of its own and prints that process's peak resident memory (VmHWM).")]
     Export(BenchExportArgs),
@@ -418,12 +418,13 @@ struct BenchExportArgs {
     /// Table sizes in rows; ratios are against the first.
     #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
     rows: Vec<usize>,
-    /// Export formats to measure.
+    /// Export formats to measure (also `scan`: reading the table alone; `frames`: reading it
+    /// into polars frames, as the exports do).
     #[arg(long, value_delimiter = ',', default_value = "parquet,jsonl")]
     formats: Vec<String>,
     /// Rows per data file of the tables written (a run writes one fragment per commit of at
     /// most sink.commit_every rows; a compacted table has files of up to a million rows).
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    #[arg(long, value_name = "N", default_value_t = 1024)]
     rows_per_file: usize,
     /// Where the tables and exports go (kept); default a temporary directory, removed after.
     #[arg(long, value_name = "DIR")]

@@ -1,8 +1,9 @@
 //! Parquet, JSON lines and OpenAI batch exports of a results table, streamed: the table is
 //! scanned a batch of rows at a time and each batch is written out before the next is read
-//! (Parquet: one row group a batch), so memory does not grow with the table. Each export is
+//! (Parquet: a row group at a time), so memory does not grow with the table. Each export is
 //! written to a temporary file beside its target and renamed over it when complete, so a
-//! reader (or a crash, or an overlapping run) never sees a truncated file.
+//! reader (or a crash, or an overlapping run) never sees a truncated file. Parquet row groups
+//! are [`PARQUET_ROW_GROUP_ROWS`] rows however small the table's commits were.
 //!
 //! Kept input columns (`sink.keep_columns`, stored as one JSON object a row) become columns
 //! of their own in the exports, named as in the source (`input_NAME` where a result column
@@ -26,6 +27,10 @@ use crate::source::{DUPLICATE_CUSTOM_ID, INVALID_REQUEST};
 
 /// The column holding kept input columns.
 const KEPT: &str = "input_columns";
+/// Rows of a Parquet row group (fewer in the last one). Small groups keep what is held at once
+/// small; polars' writer keeps some 100 KB of metadata per group until the file is finished
+/// (about 16 MB per million rows at this size).
+pub const PARQUET_ROW_GROUP_ROWS: usize = 8192;
 
 /// Writes the latest rows of `store` to each path given.
 pub async fn export(store: &ResultStore, parquet: Option<&Path>, jsonl: Option<&Path>) -> Result<()> {
@@ -139,11 +144,16 @@ fn kept_values(batch: &RecordBatch) -> Vec<Option<serde_json::Map<String, Value>
         .collect()
 }
 
-/// The batch without the kept-columns column, as a polars frame.
-fn result_frame(batch: &RecordBatch) -> Result<DataFrame> {
-    let keep: Vec<usize> = (0..batch.num_columns()).filter(|&i| batch.schema().field(i).name() != KEPT).collect();
-    let projected = batch.project(&keep).map_err(Error::arrow("projecting a batch of results"))?;
-    to_polars(&[projected])
+/// Batches without the kept-columns column, as one polars frame (one chunk a column).
+fn result_frame(batches: &[RecordBatch]) -> Result<DataFrame> {
+    let projected = batches
+        .iter()
+        .map(|b| {
+            let keep: Vec<usize> = (0..b.num_columns()).filter(|&i| b.schema().field(i).name() != KEPT).collect();
+            b.project(&keep).map_err(Error::arrow("projecting a batch of results"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    to_polars(&projected)
 }
 
 fn result_columns(batch: &RecordBatch) -> Vec<String> {
@@ -160,7 +170,7 @@ async fn export_jsonl(store: &ResultStore, path: &Path) -> Result<()> {
             while let Some(batch) = stream.try_next().await? {
                 let kept = kept_values(&batch);
                 let names = result_columns(&batch);
-                let mut df = result_frame(&batch)?;
+                let mut df = result_frame(std::slice::from_ref(&batch))?;
                 buf.clear();
                 JsonWriter::new(&mut buf)
                     .with_json_format(JsonFormat::JsonLines)
@@ -312,17 +322,39 @@ async fn export_parquet(store: &ResultStore, path: &Path) -> Result<()> {
     let perr = || Error::polars(format!("writing {}", path.display()));
     let mut writer = None;
     let mut empty_schema = None;
-    if let Some(mut stream) = store.stream(None).await? {
-        while let Some(batch) = stream.try_next().await? {
-            if batch.num_rows() == 0 {
-                empty_schema.get_or_insert(batch.schema());
+    // Batches of a row group: a table written in small commits reads in small batches, and the
+    // writer keeps some metadata for every row group until it finishes.
+    let mut group: Vec<RecordBatch> = Vec::new();
+    let mut rows = 0;
+    let mut stream = store.stream(None).await?;
+    loop {
+        let next = match &mut stream {
+            Some(s) => s.try_next().await?,
+            None => None,
+        };
+        let flush = match &next {
+            Some(b) if b.num_rows() == 0 => {
+                empty_schema.get_or_insert(b.schema());
                 continue;
             }
-            let df = with_kept(&batch, &kept)?;
+            Some(b) => {
+                rows += b.num_rows();
+                group.push(b.clone());
+                rows >= PARQUET_ROW_GROUP_ROWS
+            }
+            None => !group.is_empty(),
+        };
+        if flush {
+            let df = with_kept(&group, &kept)?;
+            group.clear();
+            rows = 0;
             if writer.is_none() {
                 writer = Some(ParquetWriter::new(&mut *out.file()).batched(df.schema()).map_err(perr())?);
             }
             writer.as_mut().expect("set above").write_batch(&df).map_err(perr())?;
+        }
+        if next.is_none() {
+            break;
         }
     }
     match writer {
@@ -335,24 +367,21 @@ async fn export_parquet(store: &ResultStore, path: &Path) -> Result<()> {
                 Some(s) => s,
                 None => store.schema().await?.unwrap_or_else(super::result_schema),
             };
-            let mut df = with_kept(&RecordBatch::new_empty(schema), &kept)?;
+            let mut df = with_kept(&[RecordBatch::new_empty(schema)], &kept)?;
             ParquetWriter::new(&mut *out.file()).finish(&mut df).map_err(perr())?;
         }
     }
     out.commit()
 }
 
-/// A batch as a polars frame with the kept columns as columns of their own.
-fn with_kept(batch: &RecordBatch, kept: &[(String, KeptType)]) -> Result<DataFrame> {
-    let mut df = result_frame(batch)?;
-    if df.width() == 0 {
+/// Batches as one polars frame with the kept columns as columns of their own.
+fn with_kept(batches: &[RecordBatch], kept: &[(String, KeptType)]) -> Result<DataFrame> {
+    let mut df = result_frame(batches)?;
+    if df.width() == 0 || kept.is_empty() {
         return Ok(df);
     }
-    if kept.is_empty() {
-        return Ok(df);
-    }
-    let names = result_columns(batch);
-    let rows = kept_values(batch);
+    let names = batches.first().map(result_columns).unwrap_or_default();
+    let rows: Vec<Option<serde_json::Map<String, Value>>> = batches.iter().flat_map(kept_values).collect();
     let null = Value::Null;
     for (name, t) in kept {
         let values: Vec<&Value> = rows.iter().map(|r| r.as_ref().and_then(|m| m.get(name)).unwrap_or(&null)).collect();
@@ -635,6 +664,28 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
         // Only the export itself is left: no temporary file beside it.
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_table_of_small_commits_exports_in_whole_row_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = crate::util::runtime(0).unwrap();
+        let store = ResultStore::new(dir.path().join("r.lance").display().to_string());
+        let path = dir.path().join("r.parquet");
+        rt.block_on(async {
+            store.ensure_exists().await.unwrap();
+            // 30 commits of 8 rows: 30 fragments, read in batches of 8 rows at most.
+            for c in 0..30 {
+                let rows: Vec<ResultRow> = (0..8).map(|i| row(&format!("{:064x}", c * 8 + i), Some(json!({"n": c})))).collect();
+                store.upsert(&rows).await.unwrap();
+            }
+            export(&store, Some(&path), None).await.unwrap();
+        });
+        use polars::prelude::SerReader;
+        let mut reader = polars::prelude::ParquetReader::new(std::fs::File::open(&path).unwrap());
+        assert_eq!(reader.get_metadata().unwrap().row_groups.len(), 1, "one row group, not one per commit");
+        assert_eq!(read_parquet(&path).height(), 240);
+        assert_eq!(read_parquet(&path).column("n").unwrap().dtype(), &PlType::Int64);
     }
 
     #[test]

@@ -265,7 +265,8 @@ pub fn to_polars(batches: &[RecordBatch]) -> Result<polars::prelude::DataFrame> 
         let arrays: Vec<&ArrayRef> = batches.iter().map(|b| b.column(i)).collect();
         let series = match field.data_type() {
             DataType::Utf8 => {
-                let v: Vec<Option<String>> = arrays.iter().flat_map(|a| a.as_string::<i32>().iter().map(|x| x.map(str::to_owned))).collect();
+                // Borrowed: one copy of the text (polars'), not two.
+                let v: Vec<Option<&str>> = arrays.iter().flat_map(|a| a.as_string::<i32>().iter()).collect();
                 Series::new(name.into(), v)
             }
             DataType::UInt32 => {

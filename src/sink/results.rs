@@ -32,7 +32,7 @@ pub struct FailedKey {
 /// Rows per batch of [`ResultStore::stream`].
 pub const STREAM_BATCH_ROWS: usize = 8192;
 /// Bytes of storage reads a stream holds ahead of what it returned.
-const STREAM_IO_BUFFER_BYTES: u64 = 32 << 20;
+const STREAM_IO_BUFFER_BYTES: u64 = 16 << 20;
 /// Rows of data files one scan of [`ResultStore::stream`] reads (a file is not split).
 pub const STREAM_GROUP_ROWS: usize = 65_536;
 /// Bytes of file metadata (and index) a stream keeps cached.
