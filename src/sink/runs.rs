@@ -77,3 +77,34 @@ impl RunStore {
         Ok(ds.version_id())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_creating_the_table_together_keep_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = dir.path().join("runs.lance").display().to_string();
+        let spec = crate::spec::PipelineSpec::from_text(
+            "name = \"t\"\n[source]\nkind = \"jsonl\"\npath = \"x\"\n[model]\ndir = \"m\"\n[[task]]\nname = \"c\"\nkind = \"caption\"\n[sink]\ndir = \"o\"\n".into(),
+            &dir.path().join("spec.toml"),
+        )
+        .unwrap();
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let (uri, spec) = (uri.clone(), spec.clone());
+                std::thread::spawn(move || {
+                    let record = RunRecord::new(&format!("run{i}"), &spec, &serde_json::json!({}), &serde_json::json!({}), i, i);
+                    crate::util::runtime(0).unwrap().block_on(RunStore::new(uri).append(&record))
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap().unwrap();
+        }
+        let runs = crate::util::runtime(0).unwrap().block_on(super::super::history::read_runs(&uri)).unwrap();
+        assert_eq!(runs.len(), 8, "{runs:?}");
+        assert!(!std::path::Path::new(&format!("{uri}.creating")).exists(), "the creation marker is removed");
+    }
+}
