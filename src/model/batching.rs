@@ -412,7 +412,11 @@ pub fn drive<T: Clone>(model: &mut Gemma4, slots: usize, window: usize, driver: 
                 Fill::End => open = false,
             }
         }
-        if batch.free() > 0 && !waiting.is_empty() {
+        // Rows join a running batch in groups of at least half its slots (or whatever is left
+        // to run): each join is a prefill call and a regroup of the cache, which cost as much
+        // as a decode step on a small model.
+        let group = (slots / 2).max(1).min(waiting.len() + usize::from(open) * slots);
+        if batch.free() > 0 && !waiting.is_empty() && (batch.is_empty() || batch.free() >= group) {
             let joiners = waiting.take(batch.free());
             let keep_going = match batch.admit(model, joiners) {
                 Ok(f) => f.is_empty() || driver.done(model, f),
