@@ -47,17 +47,7 @@ elif [ ! -d "$model" ]; then
   exit 1
 fi
 
-if [ -n "${GEMMA_BATCH_BIN:-}" ]; then
-  bin="$GEMMA_BATCH_BIN"
-else
-  # Built (incrementally: a no-op when current) in the dev profile the test command uses, so
-  # the figures are never from a stale binary; ONNX Runtime does the numeric work.
-  source tools/env.sh
-  cargo build --locked --quiet
-  bin="$CARGO_TARGET_DIR/debug/gemma-batch"
-fi
-# The ONNX Runtime library gemma-batch loads (a no-op once installed).
-bash tools/setup-onnxruntime.sh
+source tools/bench-bin.sh
 
 mkdir -p "$(dirname "$json")"
 rm -f "$json"

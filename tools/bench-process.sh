@@ -22,14 +22,7 @@ while [ $# -gt 0 ]; do
 done
 
 source tools/venv.sh
-if [ -n "${GEMMA_BATCH_BIN:-}" ]; then
-  bin="$GEMMA_BATCH_BIN"
-else
-  source tools/env.sh
-  cargo build --locked --quiet
-  bin="$CARGO_TARGET_DIR/debug/gemma-batch"
-fi
-bash tools/setup-onnxruntime.sh
+source tools/bench-bin.sh
 out=reports/out/bench-process
 mkdir -p "$out"
 now() { date +%s.%N; }
