@@ -34,6 +34,9 @@ CITIES = ["Lisbon", "Lagos", "Prague", "Osaka", "Lyon", "Beirut", "Krakow", "Upp
 COLOURS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220), "yellow": (235, 200, 40),
            "purple": (140, 60, 170), "orange": (240, 130, 30), "black": (20, 20, 20), "white": (245, 245, 245)}
 SHAPES = ["circle", "square", "triangle"]
+# The name pools the generators draw from; other generators (the training corpus of the small
+# model) pass larger ones.
+POOLS = {"vendors": VENDORS, "items": ITEMS, "first": FIRST, "last": LAST, "cities": CITIES}
 
 
 def font(size: int) -> ImageFont.ImageFont:
@@ -46,14 +49,14 @@ def money(rng: random.Random) -> float:
     return round(rng.uniform(2, 400), 2)
 
 
-def make_invoice(rng: random.Random, i: int) -> dict:
-    items = [(rng.choice(ITEMS), rng.randint(1, 5), money(rng)) for _ in range(rng.randint(2, 5))]
+def make_invoice(rng: random.Random, i: int, pools: dict = POOLS) -> dict:
+    items = [(rng.choice(pools["items"]), rng.randint(1, 5), money(rng)) for _ in range(rng.randint(2, 5))]
     subtotal = round(sum(q * p for _, q, p in items), 2)
     tax = round(subtotal * 0.2, 2)
     fields = {
         "invoice_number": f"INV-{2026}{i:04d}",
         "date": f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-        "vendor": rng.choice(VENDORS),
+        "vendor": rng.choice(pools["vendors"]),
         "total": f"{subtotal + tax:.2f}",
     }
     lines = [("title", "INVOICE"), ("text", fields["vendor"]), ("text", f"Invoice number: {fields['invoice_number']}"),
@@ -68,10 +71,10 @@ def make_invoice(rng: random.Random, i: int) -> dict:
     return {"kind": "invoice", "fields": fields, "lines": lines, "qa": qa}
 
 
-def make_form(rng: random.Random, i: int) -> dict:
+def make_form(rng: random.Random, i: int, pools: dict = POOLS) -> dict:
     fields = {
-        "name": f"{rng.choice(FIRST)} {rng.choice(LAST)}",
-        "city": rng.choice(CITIES),
+        "name": f"{rng.choice(pools['first'])} {rng.choice(pools['last'])}",
+        "city": rng.choice(pools["cities"]),
         "date_of_visit": f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
         "reference": f"F{rng.randint(100000, 999999)}",
     }
@@ -83,10 +86,10 @@ def make_form(rng: random.Random, i: int) -> dict:
     return {"kind": "form", "fields": fields, "lines": lines, "qa": qa}
 
 
-def make_receipt(rng: random.Random, i: int) -> dict:
-    items = [(rng.choice(ITEMS), money(rng) / 10) for _ in range(rng.randint(2, 4))]
+def make_receipt(rng: random.Random, i: int, pools: dict = POOLS) -> dict:
+    items = [(rng.choice(pools["items"]), money(rng) / 10) for _ in range(rng.randint(2, 4))]
     total = round(sum(p for _, p in items), 2)
-    fields = {"store": rng.choice(VENDORS), "total": f"{total:.2f}", "items": str(len(items)),
+    fields = {"store": rng.choice(pools["vendors"]), "total": f"{total:.2f}", "items": str(len(items)),
               "date": f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"}
     lines = [("title", fields["store"].upper()), ("text", f"Date: {fields['date']}"), ("rule", "")]
     lines += [("text", f"{name}  {p:.2f}") for name, p in items]
@@ -114,7 +117,7 @@ def layout(lines):
     return out
 
 
-def render_png(doc: dict, path: Path) -> None:
+def render_page(doc: dict) -> Image.Image:
     img = Image.new("RGB", (PAGE_W, PAGE_H), (255, 255, 255))
     d = ImageDraw.Draw(img)
     for kind, text, x, y, size in layout(doc["lines"]):
@@ -122,7 +125,11 @@ def render_png(doc: dict, path: Path) -> None:
             d.line([(x, y), (PAGE_W - MARGIN, y)], fill=(90, 90, 90), width=1)
         else:
             d.text((x, y), text, fill=(0, 0, 0), font=font(size))
-    img.save(path, optimize=True)
+    return img
+
+
+def render_png(doc: dict, path: Path) -> None:
+    render_page(doc).save(path, optimize=True)
 
 
 def pdf_escape(s: str) -> str:
@@ -165,7 +172,8 @@ def write_pdf(pages: list, path: Path) -> None:
 
 # ---- photos ----------------------------------------------------------------------------
 
-def make_photo(rng: random.Random, i: int, path: Path) -> dict:
+def make_photo(rng: random.Random, i: int) -> dict:
+    """A photo's labels, with the picture itself under "image" (a PIL image)."""
     w, h = rng.choice([(320, 240), (256, 256), (240, 320), (400, 225)])
     bg_name = rng.choice(["white", "yellow", "blue", "green"])
     img = Image.new("RGB", (w, h), COLOURS[bg_name])
@@ -187,7 +195,6 @@ def make_photo(rng: random.Random, i: int, path: Path) -> dict:
     if rng.random() < 0.4:
         text = rng.choice(["SALE", "OPEN", "EXIT", "HELLO", "STOP", "CAFE"])
         d.text((8, h - 34), text, fill=(0, 0, 0) if bg_name != "blue" else (255, 255, 255), font=font(24))
-    img.save(path, optimize=True)
     first = shapes[0]
     names = [f"a {s['colour']} {s['shape']}" for s in shapes]
     caption = (" and ".join(names) + f" on a {bg_name} background").capitalize()
@@ -199,7 +206,7 @@ def make_photo(rng: random.Random, i: int, path: Path) -> dict:
           (f"What colour is the {first['shape']}?", [first["colour"]])]
     if text:
         qa.append(("What word is written in the image?", [text, text.lower()]))
-    return {"size": [w, h], "background": bg_name, "shapes": shapes, "text": text, "captions": captions, "qa": qa}
+    return {"image": img, "size": [w, h], "background": bg_name, "shapes": shapes, "text": text, "captions": captions, "qa": qa}
 
 
 def write_jsonl(path: Path, rows) -> None:
@@ -238,7 +245,8 @@ def main() -> None:
     for i in range(N_PHOTOS):
         pid = f"photo_{i:03d}"
         path = f"photos/{pid}.png"
-        p = make_photo(rng, i, ROOT / path)
+        p = make_photo(rng, i)
+        p["image"].save(ROOT / path, optimize=True)
         photo_rows.append({"id": pid, "image": path, "captions": p["captions"], "shapes": p["shapes"],
                            "background": p["background"], "text": p["text"]})
         for q, (question, answers) in enumerate(p["qa"]):

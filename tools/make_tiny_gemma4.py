@@ -79,24 +79,31 @@ Gemma runs over documents and images in batches, safely and reproducibly, every 
 """ * 4
 
 
-def build_tokenizer(vocab_size: int) -> Tokenizer:
-    """Byte-fallback BPE with Gemma's normaliser/decoder, trained on a tiny corpus."""
+def build_tokenizer(vocab_size: int, texts=None, single_digits: bool = False) -> Tokenizer:
+    """Byte-fallback BPE with Gemma's normaliser/decoder, trained on `texts` (default: a tiny
+    corpus). With `single_digits`, no learned token holds a digit, so numbers are spelled one
+    digit a token (easier for a small model to copy)."""
     normalizer = normalizers.Replace(" ", "\u2581")
     trainer_tok = Tokenizer(BPE(byte_fallback=True))
     trainer_tok.normalizer = normalizer
     trainer_tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
     n_learned = vocab_size - len(SPECIAL_TOKENS) - len(BYTE_TOKENS)
     trainer = BpeTrainer(vocab_size=n_learned, show_progress=False, special_tokens=[])
-    trainer_tok.train_from_iterator([TRAINING_TEXT], trainer=trainer)
+    trainer_tok.train_from_iterator(texts if texts is not None else [TRAINING_TEXT], trainer=trainer)
     learned = json.loads(trainer_tok.to_str())["model"]
+
+    def kept(tok: str) -> bool:
+        return not (single_digits and len(tok) > 1 and any(c.isdigit() for c in tok))
+
     # Final vocabulary: specials, then the 256 byte tokens, then what BPE learned.
     vocab = {}
     for tok in SPECIAL_TOKENS + BYTE_TOKENS:
         vocab[tok] = len(vocab)
     for tok, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
-        if tok not in vocab:
+        if tok not in vocab and kept(tok):
             vocab[tok] = len(vocab)
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
+    merges = [m for m in merges if kept(m[0] + m[1])]
     tok = Tokenizer(BPE(vocab=vocab, merges=merges, byte_fallback=True, fuse_unk=True, unk_token="<unk>"))
     tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
