@@ -412,21 +412,62 @@ pub struct Estimate {
 /// Percentile bootstrap: `statistic` over `n` items resampled with replacement `resamples`
 /// times from a ChaCha8 stream seeded with `seed`.
 pub fn bootstrap(n: usize, resamples: usize, seed: u64, statistic: impl Fn(&[usize]) -> f64) -> Estimate {
-    let all: Vec<usize> = (0..n).collect();
-    let value = statistic(&all);
+    bootstrap_strata(&[n], resamples, seed, |idx| Some(statistic(&idx[0]))).expect("the statistic is always defined")
+}
+
+/// Percentile bootstrap over strata: each resample draws, stratum by stratum in order, as many
+/// items with replacement from a stratum as it has (`sizes[k]`), from one ChaCha8 stream
+/// seeded with `seed`; `statistic` gets the drawn indices of each stratum (0-based within the
+/// stratum). With one stratum the draws are [`bootstrap`]'s. A statistic may be undefined
+/// (None) for some draws (a resample without a scored item): the interval is the percentiles
+/// of the defined resamples. None when the statistic is undefined on all the items; the
+/// interval is the value itself when no resample is defined (no items, or none drawn).
+pub fn bootstrap_strata(sizes: &[usize], resamples: usize, seed: u64, statistic: impl Fn(&[Vec<usize>]) -> Option<f64>) -> Option<Estimate> {
+    let all: Vec<Vec<usize>> = sizes.iter().map(|&n| (0..n).collect()).collect();
+    let value = statistic(&all)?;
+    let n: usize = sizes.iter().sum();
     if n == 0 {
-        return Estimate { value, low: value, high: value, n };
+        return Some(Estimate { value, low: value, high: value, n });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut stats: Vec<f64> = (0..resamples)
-        .map(|_| {
-            let idx: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+        .filter_map(|_| {
+            let idx: Vec<Vec<usize>> = sizes.iter().map(|&k| (0..k).map(|_| rng.random_range(0..k)).collect()).collect();
             statistic(&idx)
         })
         .collect();
+    if stats.is_empty() {
+        return Some(Estimate { value, low: value, high: value, n });
+    }
     stats.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| stats[((p * (stats.len() - 1) as f64).round() as usize).min(stats.len() - 1)];
-    Estimate { value, low: q(0.025), high: q(0.975), n }
+    Some(Estimate { value, low: q(0.025), high: q(0.975), n })
+}
+
+/// ROC AUC of scores of positives against negatives, as the Mann-Whitney statistic: the
+/// share of (positive, negative) pairs where the positive scores higher, ties counted 1/2
+/// (from mid-ranks, in O(n log n)). None without a positive or without a negative.
+pub fn roc_auc(positives: &[f64], negatives: &[f64]) -> Option<f64> {
+    let (p, n) = (positives.len(), negatives.len());
+    if p == 0 || n == 0 {
+        return None;
+    }
+    let mut all: Vec<(f64, bool)> = positives.iter().map(|&s| (s, true)).chain(negatives.iter().map(|&s| (s, false))).collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Sum of the positives' ranks (1-based), each run of ties at its mean rank.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        let mid = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += mid * all[i..=j].iter().filter(|x| x.1).count() as f64;
+        i = j + 1;
+    }
+    let (p, n) = (p as f64, n as f64);
+    Some((rank_sum - p * (p + 1.0) / 2.0) / (p * n))
 }
 
 /// The mean of per-item scores with its bootstrap interval.
@@ -577,6 +618,43 @@ mod tests {
         let scores = cider_d(&s(&["zebra stripes", "apple pie"]), &[s(&["zebra stripes"]), s(&["banana split"])]);
         close(scores[1], 0.0);
         assert!(scores[0] > 1.0);
+    }
+
+    #[test]
+    fn roc_auc_by_hand() {
+        close(roc_auc(&[0.9, 0.8, 0.7], &[0.3, 0.2, 0.1]).unwrap(), 1.0);
+        close(roc_auc(&[0.3, 0.2, 0.1], &[0.9, 0.8, 0.7]).unwrap(), 0.0);
+        close(roc_auc(&[0.5, 0.5], &[0.5, 0.5, 0.5]).unwrap(), 0.5);
+        // 3 x 3 pairs: 0.9 beats all three (3); 0.5 ties 0.5 and beats 0.2 and 0.1 (2.5);
+        // 0.3 beats 0.2 and 0.1 (2): 7.5 / 9.
+        close(roc_auc(&[0.9, 0.5, 0.3], &[0.5, 0.2, 0.1]).unwrap(), 7.5 / 9.0);
+        // The same pairs counted directly, for scores with ties on both sides.
+        let (pos, neg) = ([0.2, 0.7, 0.7, 0.1, 0.9], [0.7, 0.1, 0.3, 0.3]);
+        let pairs: f64 = pos.iter().flat_map(|p| neg.iter().map(move |n| if p > n { 1.0 } else if p == n { 0.5 } else { 0.0 })).sum();
+        close(roc_auc(&pos, &neg).unwrap(), pairs / 20.0);
+        assert_eq!(roc_auc(&[], &[0.1]), None);
+        assert_eq!(roc_auc(&[0.1], &[]), None);
+    }
+
+    #[test]
+    fn bootstrap_strata_resamples_each_stratum_and_skips_undefined_draws() {
+        // One stratum: the draws of `bootstrap`.
+        let scores: Vec<f64> = (0..50).map(|i| f64::from(i % 4 == 0)).collect();
+        let mean = |idx: &[usize]| idx.iter().map(|&i| scores[i]).sum::<f64>() / idx.len() as f64;
+        let one = bootstrap_strata(&[50], 1000, 11, |idx| Some(mean(&idx[0]))).unwrap();
+        assert_eq!(one, bootstrap(50, 1000, 11, mean));
+        // Two strata keep their sizes: a difference of constant strata never varies.
+        let gap = bootstrap_strata(&[3, 5], 200, 1, |idx| Some(idx[0].len() as f64 - idx[1].len() as f64)).unwrap();
+        assert_eq!((gap.value, gap.low, gap.high, gap.n), (-2.0, -2.0, -2.0, 8));
+        // Undefined on everything: None; undefined on some draws: those are left out.
+        assert_eq!(bootstrap_strata(&[4], 100, 1, |_| None), None);
+        // Scores [1, 0], defined only where item 0 was drawn: {0, 0} gives 1, {0, 1} 0.5, and
+        // {1, 1} (which would give 0) is left out.
+        let two = [1.0, 0.0];
+        let some = bootstrap_strata(&[2], 100, 1, |idx| idx[0].contains(&0).then(|| idx[0].iter().map(|&i| two[i]).sum::<f64>() / 2.0)).unwrap();
+        assert_eq!((some.value, some.low, some.high), (0.5, 0.5, 1.0));
+        // No items: the value, as `bootstrap` gives it.
+        assert_eq!(bootstrap_strata(&[0, 0], 100, 1, |_| Some(0.25)).unwrap(), Estimate { value: 0.25, low: 0.25, high: 0.25, n: 0 });
     }
 
     #[test]
