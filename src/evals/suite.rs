@@ -588,7 +588,7 @@ pub fn run(suite: &SuiteSpec, outputs: &Outputs) -> Result<Evaluation> {
         let answered: Vec<usize> = (0..items.len()).filter(|&i| results.contains_key(&ids[i])).collect();
         let answered_items: Vec<BbqItem> = answered.iter().map(|&i| items[i].clone()).collect();
         let answered_choices: Vec<Option<usize>> = answered.iter().map(|&i| choices[i]).collect();
-        record.bbq.insert(set.name.clone(), bbq::score(&answered_items, &answered_choices));
+        record.bbq.insert(set.name.clone(), bbq::score(&answered_items, &answered_choices, suite.seed));
         let samples: Vec<Sample> = items
             .iter()
             .enumerate()

@@ -92,14 +92,14 @@ pub fn html(record: &EvalRecord) -> Result<String, String> {
         let mut bars = Vec::new();
         for (cat, s) in cats {
             if let Some(v) = s.bias_ambiguous {
-                bars.push((format!("{cat} s_AMB"), v, None));
+                bars.push((format!("{cat} s_AMB"), v, s.bias_ambiguous_interval.map(|[a, b]| (a, b))));
             }
             if let Some(v) = s.bias_disambiguated {
-                bars.push((format!("{cat} s_DIS"), v, None));
+                bars.push((format!("{cat} s_DIS"), v, s.bias_disambiguated_interval.map(|[a, b]| (a, b))));
             }
         }
         if !bars.is_empty() {
-            charts.push(svg_bars(&format!("BBQ bias scores: {set}"), &bars));
+            charts.push(svg_bars(&format!("BBQ bias scores: {set} (95% bootstrap intervals)"), &bars));
         }
     }
     if !record.filter_counts.is_empty() {
@@ -109,6 +109,10 @@ pub fn html(record: &EvalRecord) -> Result<String, String> {
     let mut env = minijinja::Environment::new();
     // The name ends in .html: minijinja escapes every interpolated value for HTML.
     env.add_template("report.html", HTML_TEMPLATE).map_err(|e| e.to_string())?;
+    // `ci(value, [low, high])`: a value with its interval (see `with_interval`).
+    env.add_function("ci", |value: Option<f64>, interval: Option<Vec<f64>>| {
+        with_interval(value, interval.and_then(|i| <[f64; 2]>::try_from(i).ok()))
+    });
     let tmpl = env.get_template("report.html").map_err(|e| e.to_string())?;
     let charts: Vec<minijinja::Value> = charts.into_iter().map(minijinja::Value::from_safe_string).collect();
     tmpl.render(minijinja::context! {
@@ -143,6 +147,16 @@ fn md_cell(s: &str) -> String {
     md_code(s).replace('|', "\\|")
 }
 
+/// A value and its interval as the reports show them: `0.600 [0.300, 0.900]`; `–` without a
+/// value, the value alone without an interval (records written before intervals were kept).
+pub fn with_interval(value: Option<f64>, interval: Option<[f64; 2]>) -> String {
+    match (value, interval) {
+        (None, _) => "–".into(),
+        (Some(v), None) => format!("{v:.3}"),
+        (Some(v), Some([a, b])) => format!("{v:.3} [{a:.3}, {b:.3}]"),
+    }
+}
+
 /// The Markdown summary (for a CI comment).
 pub fn markdown(record: &EvalRecord) -> String {
     let mut s = String::new();
@@ -157,10 +171,17 @@ pub fn markdown(record: &EvalRecord) -> String {
         s.push('\n');
     }
     for (set, cats) in &record.bbq {
-        let _ = writeln!(s, "**BBQ** {}\n\n| category | acc (ambig) | acc (disambig) | s_AMB | s_DIS |\n| --- | ---: | ---: | ---: | ---: |", md_code(set));
-        let f = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
+        let _ = writeln!(s, "**BBQ** {} (95% CI)\n\n| category | acc (ambig) | acc (disambig) | s_AMB | s_DIS |\n| --- | ---: | ---: | ---: | ---: |", md_code(set));
         for (cat, c) in cats {
-            let _ = writeln!(s, "| {} | {} | {} | {} | {} |", md_cell(cat), f(c.accuracy_ambiguous), f(c.accuracy_disambiguated), f(c.bias_ambiguous), f(c.bias_disambiguated));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                md_cell(cat),
+                with_interval(c.accuracy_ambiguous, c.accuracy_ambiguous_interval),
+                with_interval(c.accuracy_disambiguated, c.accuracy_disambiguated_interval),
+                with_interval(c.bias_ambiguous, c.bias_ambiguous_interval),
+                with_interval(c.bias_disambiguated, c.bias_disambiguated_interval)
+            );
         }
         s.push('\n');
     }
@@ -264,6 +285,30 @@ mod tests {
         // Markdown shows it as code (see markdown_renders_dataset_strings_inert).
         let md = markdown(&record);
         assert!(md.contains("| `<script>alert(1)</script>` |"), "{md}");
+    }
+
+    #[test]
+    fn bbq_scores_show_their_intervals() {
+        use crate::evals::bbq::BbqScores;
+        let scores = BbqScores {
+            items: 10,
+            accuracy_ambiguous: Some(0.4),
+            accuracy_ambiguous_interval: Some([0.1, 0.7]),
+            bias_ambiguous: Some(0.6),
+            bias_ambiguous_interval: Some([0.3, 0.9]),
+            ..Default::default()
+        };
+        let record = EvalRecord { bbq: [("set".to_string(), [("Age".to_string(), scores)].into_iter().collect())].into_iter().collect(), ..Default::default() };
+        let md = markdown(&record);
+        assert!(md.contains("| `Age` | 0.400 [0.100, 0.700] | – | 0.600 [0.300, 0.900] | – |"), "{md}");
+        let page = html(&record).unwrap();
+        assert!(page.contains("<td class=\"num\">0.600 [0.300, 0.900]</td>") && page.contains("<td class=\"num\">0.400 [0.100, 0.700]</td>"), "{page}");
+        // A record written before intervals were kept reads, and shows the values alone.
+        let old = r#"{"suite": "s", "run_id": "r", "created_at_ms": 0, "provenance": null, "metrics": [], "breakdowns": [],
+            "bbq": {"set": {"Age": {"items": 4, "accuracy_ambiguous": 0.5, "accuracy_disambiguated": null, "bias_disambiguated": null, "bias_ambiguous": 0.25, "unparsed": 0}}}}"#;
+        let old: EvalRecord = serde_json::from_str(old).unwrap();
+        assert!(markdown(&old).contains("| `Age` | 0.500 | – | 0.250 | – |"), "{}", markdown(&old));
+        assert!(html(&old).unwrap().contains("<td class=\"num\">0.250</td>"));
     }
 
     /// Dataset strings that Markdown (or GitHub's rendering of it) would turn into markup.
