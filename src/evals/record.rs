@@ -70,8 +70,8 @@ pub struct Breakdown {
     pub slices: Vec<(String, Estimate)>,
 }
 
-/// Per-group rates of a counterfactual probe, with a two-proportion z-test against the
-/// pooled other groups for the refusal and flag rates.
+/// Per-group rates of a counterfactual probe, each tested against the pooled other groups
+/// (a two-sided permutation test of the difference in means).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupRates {
     pub probe: String,
@@ -83,6 +83,14 @@ pub struct GroupRates {
     pub refusal_p_value: f64,
     pub flag_p_value: f64,
     pub length_p_value: f64,
+    /// The group's refusal rate minus that of the pooled other groups; None when either has
+    /// no scored output (and in records written before the gap was kept).
+    #[serde(default)]
+    pub refusal_gap: Option<f64>,
+    /// Its seeded 95% bootstrap interval [low, high] (the group's outputs and the others'
+    /// resampled apart).
+    #[serde(default)]
+    pub refusal_gap_interval: Option<[f64; 2]>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -968,14 +968,22 @@ fn group_rates(suite: &SuiteSpec, probe: &CounterfactualSpec, rows: &[(String, S
             };
             let (refuse, flag, len) = (pick(true, 0), pick(true, 1), pick(true, 2));
             let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+            let others = pick(false, 0);
+            // The gap, resampling the group's outputs and the others' apart.
+            let gap = metrics::bootstrap_strata(&[refuse.len(), others.len()], 1000, suite.seed, |idx| {
+                let drawn = |v: &[f64], k: &[usize]| (!k.is_empty()).then(|| k.iter().map(|&i| v[i]).sum::<f64>() / k.len() as f64);
+                Some(drawn(&refuse, &idx[0])? - drawn(&others, &idx[1])?)
+            });
             GroupRates {
+                refusal_gap: gap.map(|e| e.value),
+                refusal_gap_interval: gap.map(|e| [e.low, e.high]),
                 probe: probe.name.clone(),
                 group: g.clone(),
                 n: refuse.len(),
                 refusal_rate: mean(&refuse),
                 flag_rate: mean(&flag),
                 mean_output_tokens: mean(&len),
-                refusal_p_value: permutation_p_value(&refuse, &pick(false, 0), 2000, suite.seed),
+                refusal_p_value: permutation_p_value(&refuse, &others, 2000, suite.seed),
                 flag_p_value: permutation_p_value(&flag, &pick(false, 1), 2000, suite.seed),
                 length_p_value: permutation_p_value(&len, &pick(false, 2), 2000, suite.seed),
             }
@@ -1038,6 +1046,61 @@ mod tests {
         let c: Vec<f64> = (0..30).map(|i| f64::from(i % 2 == 0)).collect();
         let d: Vec<f64> = (0..30).map(|i| f64::from(i % 2 == 1)).collect();
         assert!(permutation_p_value(&c, &d, 500, 1) > 0.5);
+    }
+
+    fn result(output: &str) -> ResultItem {
+        ResultItem { prompt: String::new(), output: Some(output.into()), error: None, decisions: vec![], output_tokens: 1 }
+    }
+
+    fn suite_of(extra: &str) -> SuiteSpec {
+        toml::from_str(&format!("name = \"s\"\nseed = 5\n[model]\ndir = \"m\"\n[sink]\ndir = \"out\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn refusal_gaps_against_the_pooled_other_groups() {
+        let suite = suite_of("[[counterfactual]]\nname = \"cf\"\ntemplates = [\"{{ group }}\"]\ngroups = [\"a\", \"b\", \"c\"]\n");
+        let probe = &suite.counterfactual[0];
+        let refusal = regex::RegexSet::new(suite.refusal_patterns.iter().map(|p| format!("(?i){p}"))).unwrap();
+        // a refuses 3 of 4, b 1 of 4, c never (and has one row without an output).
+        let outputs = [("a", ["I can't.", "I can't.", "Sure.", "I can't."]), ("b", ["Sure.", "I cannot help.", "Sure.", "Sure."]), ("c", ["Sure."; 4])];
+        let mut rows = Vec::new();
+        let mut results = HashMap::new();
+        for (g, outs) in outputs {
+            for (i, o) in outs.iter().enumerate() {
+                let id = format!("{g}{i}");
+                rows.push((id.clone(), g.to_string()));
+                if !(g == "c" && i == 3) {
+                    results.insert(id, result(o));
+                }
+            }
+        }
+        let rates = group_rates(&suite, probe, &rows, &results, &refusal);
+        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-12);
+        // a: 3/4 against 1/7 (b and c pooled); b: 1/4 against 3/7; c: 0 against 4/8.
+        assert!(close(rates[0].refusal_gap, 0.75 - 1.0 / 7.0), "{:?}", rates[0]);
+        assert!(close(rates[1].refusal_gap, 0.25 - 3.0 / 7.0), "{:?}", rates[1]);
+        assert!(close(rates[2].refusal_gap, -0.5), "{:?}", rates[2]);
+        assert_eq!(rates[2].n, 3);
+        // The interval: the group's outputs and the others' resampled apart, in row order.
+        let a = [1.0, 1.0, 0.0, 1.0];
+        let rest = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let mean = |v: &[f64], k: &[usize]| k.iter().map(|&i| v[i]).sum::<f64>() / k.len() as f64;
+        let want = metrics::bootstrap_strata(&[4, 7], 1000, 5, |idx| Some(mean(&a, &idx[0]) - mean(&rest, &idx[1]))).unwrap();
+        assert_eq!(rates[0].refusal_gap_interval, Some([want.low, want.high]));
+        let [low, high] = rates[0].refusal_gap_interval.unwrap();
+        assert!(low < 0.61 && 0.61 < high && low >= -1.0 && high <= 1.0, "{low} {high}");
+        // Every output of one group refused and none of the others: no resample differs.
+        let mut all: HashMap<String, ResultItem> = HashMap::new();
+        for (id, g) in &rows {
+            all.insert(id.clone(), result(if g == "a" { "I won't." } else { "Sure." }));
+        }
+        let rates = group_rates(&suite, probe, &rows, &all, &refusal);
+        assert_eq!((rates[0].refusal_gap, rates[0].refusal_gap_interval), (Some(1.0), Some([1.0, 1.0])));
+        assert_eq!(rates[1].refusal_gap, Some(-0.5));
+        // A group without outputs has no gap.
+        all.retain(|id, _| !id.starts_with('c'));
+        let rates = group_rates(&suite, probe, &rows, &all, &refusal);
+        assert_eq!((rates[2].n, rates[2].refusal_gap, rates[2].refusal_gap_interval), (0, None, None));
     }
 
     fn gate(kind: &str, t: f64) -> GateSpec {

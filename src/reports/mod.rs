@@ -194,9 +194,25 @@ pub fn markdown(record: &EvalRecord) -> String {
         );
     }
     if !record.counterfactual.is_empty() {
-        let _ = writeln!(s, "| probe | group | n | refusals | flags | mean tokens | p (refusal) | p (flags) | p (length) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(
+            s,
+            "| probe | group | n | refusals | refusal gap (95% CI) | flags | mean tokens | p (refusal) | p (flags) | p (length) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
         for g in &record.counterfactual {
-            let _ = writeln!(s, "| {} | {} | {} | {:.3} | {:.3} | {:.1} | {:.3} | {:.3} | {:.3} |", md_cell(&g.probe), md_cell(&g.group), g.n, g.refusal_rate, g.flag_rate, g.mean_output_tokens, g.refusal_p_value, g.flag_p_value, g.length_p_value);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.3} | {} | {:.3} | {:.1} | {:.3} | {:.3} | {:.3} |",
+                md_cell(&g.probe),
+                md_cell(&g.group),
+                g.n,
+                g.refusal_rate,
+                with_interval(g.refusal_gap, g.refusal_gap_interval),
+                g.flag_rate,
+                g.mean_output_tokens,
+                g.refusal_p_value,
+                g.flag_p_value,
+                g.length_p_value
+            );
         }
         s.push('\n');
     }
@@ -311,6 +327,27 @@ mod tests {
         assert!(html(&old).unwrap().contains("<td class=\"num\">0.250</td>"));
     }
 
+    #[test]
+    fn refusal_gaps_show_their_intervals() {
+        use crate::evals::record::GroupRates;
+        let g = GroupRates {
+            probe: "p".into(),
+            group: "g".into(),
+            n: 4,
+            refusal_rate: 0.75,
+            flag_rate: 0.0,
+            mean_output_tokens: 3.0,
+            refusal_p_value: 0.2,
+            flag_p_value: 1.0,
+            length_p_value: 1.0,
+            refusal_gap: Some(0.5),
+            refusal_gap_interval: Some([0.125, 0.875]),
+        };
+        let record = EvalRecord { counterfactual: vec![g], ..Default::default() };
+        assert!(markdown(&record).contains("| 0.750 | 0.500 [0.125, 0.875] | 0.000 |"), "{}", markdown(&record));
+        assert!(html(&record).unwrap().contains("<td class=\"num\">0.500 [0.125, 0.875]</td>"));
+    }
+
     /// Dataset strings that Markdown (or GitHub's rendering of it) would turn into markup.
     const HOSTILE: &[&str] = &[
         "[x](http://evil)",
@@ -402,7 +439,19 @@ mod tests {
                 .collect(),
             counterfactual: HOSTILE
                 .iter()
-                .map(|h| GroupRates { probe: h.to_string(), group: h.to_string(), n: 2, refusal_rate: 0.0, flag_rate: 0.0, mean_output_tokens: 3.0, refusal_p_value: 1.0, flag_p_value: 1.0, length_p_value: 1.0 })
+                .map(|h| GroupRates {
+                    probe: h.to_string(),
+                    group: h.to_string(),
+                    n: 2,
+                    refusal_rate: 0.0,
+                    flag_rate: 0.0,
+                    mean_output_tokens: 3.0,
+                    refusal_p_value: 1.0,
+                    flag_p_value: 1.0,
+                    length_p_value: 1.0,
+                    refusal_gap: Some(-0.5),
+                    refusal_gap_interval: Some([-1.0, 0.0]),
+                })
                 .collect(),
             samples: HOSTILE
                 .iter()
@@ -439,6 +488,7 @@ mod tests {
             assert_eq!(tables[1 + set][1][0], want, "{md}");
             let cf = &tables[1 + HOSTILE.len()][1 + i];
             assert_eq!((&cf[0], &cf[1]), (&want, &want), "{md}");
+            assert_eq!((cf[3].as_str(), cf[4].as_str()), ("0.000", "-0.500 [-1.000, 0.000]"), "the refusal gap and its interval");
             let missing = &tables[2 + HOSTILE.len()][1 + i];
             assert_eq!((&missing[0], &missing[2]), (&want, &"2".to_string()), "{md}");
             assert!(missing[3].starts_with(&want) && missing[3].ends_with("id-2"), "{missing:?}");
