@@ -561,6 +561,111 @@ fn score_reproduces_eval_from_predictions_and_stored_results() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no column \"prediction\" (its columns: answer, qid)"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Extract benchmarks (fields for every item, or per item from a column) and a question about
+/// a document's text, without images: each prompt is the document text, then the instruction
+/// (as pipelines build it); `score` reproduces the new metrics from the predictions file and
+/// from the stored results.
+#[test]
+fn extract_and_text_only_benchmarks_run_and_score_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows: String = (0..3)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("d{i}"),
+                "text": format!("Invoice INV-{i}\nTotal: {}.00 EUR", 100 + i),
+                "fields": if i == 1 { serde_json::json!("[\"total\"]") } else { serde_json::json!(["invoice", "total"]) },
+                "reference": {"invoice": format!("INV-{i}"), "total": format!("{}.00", 100 + i)},
+                "question": "What is the total?",
+                "answers": [format!("{}.00", 100 + i)],
+                "kind": if i == 0 { "first" } else { "other" },
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(tmp.path().join("docs.jsonl"), rows).unwrap();
+    let suite = format!(
+        r#"name = "extract"
+seed = 2
+samples = 10
+[model]
+dir = "{model}"
+device = "cpu"
+[sink]
+dir = "out"
+[[benchmark]]
+name = "fields"
+format = "jsonl"
+path = "docs.jsonl"
+id_column = "id"
+text_column = "text"
+fields = ["invoice", "total"]
+answers_column = "reference"
+metrics = ["json_valid", "field_exact_match"]
+breakdown = ["kind"]
+max_new_tokens = 6
+[[benchmark]]
+name = "row_fields"
+format = "jsonl"
+path = "docs.jsonl"
+id_column = "id"
+text_column = "text"
+fields_column = "fields"
+answers_column = "reference"
+metrics = ["field_exact_match", "json_valid"]
+max_new_tokens = 6
+[[benchmark]]
+name = "text_qa"
+format = "jsonl"
+path = "docs.jsonl"
+id_column = "id"
+text_column = "text"
+question_column = "question"
+metrics = ["exact_match", "anls"]
+max_new_tokens = 4
+"#,
+        model = repo().join("models/tiny-gemma4").display()
+    );
+    let suite_path = tmp.path().join("suite.toml");
+    std::fs::write(&suite_path, suite).unwrap();
+    let out = bin().arg("eval").arg(&suite_path).arg("--quiet").output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let reports = tmp.path().join("out/report");
+    let record = read_record(&reports.join("record.json"));
+    let metrics: Vec<(String, u64)> = record["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (format!("{}.{}", m["benchmark"].as_str().unwrap(), m["metric"].as_str().unwrap()), m["estimate"]["n"].as_u64().unwrap()))
+        .collect();
+    let want: Vec<(String, u64)> = ["fields.json_valid", "fields.field_exact_match", "row_fields.field_exact_match", "row_fields.json_valid", "text_qa.exact_match", "text_qa.anls"]
+        .iter()
+        .map(|m| (m.to_string(), 3))
+        .collect();
+    assert_eq!(metrics, want);
+    assert_eq!(record["breakdowns"].as_array().unwrap().len(), 2, "both metrics of fields, by kind");
+    let lines = std::fs::read_to_string(reports.join("predictions.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let prompt = |part: &str, id: &str| rows.iter().find(|r| r["part"] == part && r["id"] == id).unwrap()["prompt"].as_str().unwrap().to_string();
+    let ask = |fields: &str| format!("Extract these fields: {fields}. Answer with one JSON object with exactly these keys and string values, and nothing else.");
+    assert_eq!(prompt("fields", "d0"), format!("Document:\nInvoice INV-0\nTotal: 100.00 EUR\n\n{}", ask("invoice, total")));
+    assert_eq!(prompt("row_fields", "d1"), format!("Document:\nInvoice INV-1\nTotal: 101.00 EUR\n\n{}", ask("total")));
+    assert_eq!(prompt("text_qa", "d2"), "Document:\nInvoice INV-2\nTotal: 102.00 EUR\n\nWhat is the total?");
+    for r in &rows {
+        assert!(r["error"].is_null(), "{r}");
+    }
+
+    let out = bin().arg("score").arg(&suite_path).arg("--predictions").arg(reports.join("predictions.jsonl")).arg("--out").arg(tmp.path().join("from-file")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let from_file = read_record(&tmp.path().join("from-file/record.json"));
+    let out = bin().arg("score").arg(&suite_path).arg("--results").arg(tmp.path().join("out")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rescored = read_record(&tmp.path().join("out/rescored/record.json"));
+    for again in [&from_file, &rescored] {
+        assert_eq!((&again["metrics"], &again["breakdowns"]), (&record["metrics"], &record["breakdowns"]));
+    }
+}
+
 /// Every published layout the suite reads, as distributed (the fixtures are written from the
 /// published schemas by tools/make_eval_layouts.py and tools/make_bbq_layout.py): each item
 /// runs with its image (no failed row) and is scored.

@@ -217,6 +217,53 @@ pub fn multiple_choice_accuracy(prediction: &str, options: &[String], label: usi
     f64::from(parse_choice(prediction, options) == Some(label))
 }
 
+// ------------------------------------------------------------------ extraction metrics
+
+/// 1 when the output's first JSON object has exactly the requested keys (the pipeline's
+/// `extract_valid`, [`check_extract`](crate::pipeline::check_extract)), else 0.
+pub fn json_valid(prediction: &str, fields: &[String]) -> f64 {
+    f64::from(crate::pipeline::check_extract(prediction, fields).1)
+}
+
+/// A JSON value as the extraction metrics compare it: a string as it is, anything else as its
+/// JSON text (`12`, `true`, `null`).
+fn value_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An extract item's reference values: a JSON object, or the JSON text of one.
+pub fn reference_object(v: Option<&serde_json::Value>) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    use serde_json::Value;
+    match v {
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(Value::String(s)) => match serde_json::from_str(s) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(format!("{s:?} is not a JSON object of reference values")),
+        },
+        Some(other) => Err(format!("{other} is not a JSON object of reference values")),
+        None => Err("missing".into()),
+    }
+}
+
+/// The share of requested fields whose extracted value equals the reference value, both as
+/// strings ([`value_text`]) trimmed of white space; 0 when the output has no valid JSON object
+/// ([`json_valid`] 0). A field the reference lacks is an error (the labels are incomplete).
+pub fn field_exact_match(prediction: &str, fields: &[String], reference: &serde_json::Map<String, serde_json::Value>) -> Result<f64, String> {
+    if let Some(f) = fields.iter().find(|f| !reference.contains_key(*f)) {
+        return Err(format!("no reference value for the field {f:?}"));
+    }
+    let (json, valid) = crate::pipeline::check_extract(prediction, fields);
+    let extracted: serde_json::Map<String, serde_json::Value> = match (json, valid) {
+        (Some(j), true) => serde_json::from_str(&j).map_err(|e| e.to_string())?,
+        _ => return Ok(0.0),
+    };
+    let same = |f: &String| extracted.get(f).is_some_and(|v| value_text(v).trim() == value_text(&reference[f]).trim());
+    Ok(fields.iter().filter(|f| same(f)).count() as f64 / fields.len() as f64)
+}
+
 // ------------------------------------------------------------------ caption metrics
 
 /// Caption tokens: lower case, punctuation removed, split on whitespace (as the COCO
@@ -618,6 +665,37 @@ mod tests {
         let scores = cider_d(&s(&["zebra stripes", "apple pie"]), &[s(&["zebra stripes"]), s(&["banana split"])]);
         close(scores[1], 0.0);
         assert!(scores[0] > 1.0);
+    }
+
+    #[test]
+    fn extraction_metrics_by_hand() {
+        let fields = s(&["invoice", "total", "date"]);
+        let reference: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"invoice": "INV-7", "total": 12.5, "date": " 2024-01-02 ", "extra": "x"}"#).unwrap();
+        // All three: strings trimmed, a number as its JSON text, text around the object.
+        let out = r#"Here: {"invoice": " INV-7", "total": "12.5", "date": "2024-01-02"} done"#;
+        close(json_valid(out, &fields), 1.0);
+        close(field_exact_match(out, &fields, &reference).unwrap(), 1.0);
+        // Two of three (case counts).
+        let out = r#"{"invoice": "inv-7", "total": 12.5, "date": "2024-01-02"}"#;
+        close(field_exact_match(out, &fields, &reference).unwrap(), 2.0 / 3.0);
+        // One of three: another number, null.
+        let out = r#"{"invoice": "INV-7", "total": 12, "date": null}"#;
+        close(field_exact_match(out, &fields, &reference).unwrap(), 1.0 / 3.0);
+        // A key too many or too few, no object, broken JSON: invalid, and no field counts.
+        for out in [r#"{"invoice": "INV-7", "total": "12.5", "date": "2024-01-02", "x": 1}"#, r#"{"invoice": "INV-7", "total": "12.5"}"#, "INV-7, 12.5", r#"{"invoice": "INV-7", "#, ""] {
+            close(json_valid(out, &fields), 0.0);
+            close(field_exact_match(out, &fields, &reference).unwrap(), 0.0);
+        }
+        // A field without a reference value is an error, whatever the output.
+        let e = field_exact_match("{}", &s(&["invoice", "iban"]), &reference).unwrap_err();
+        assert!(e.contains("\"iban\""), "{e}");
+        // References as an object or the JSON text of one.
+        let text = serde_json::Value::String(r#"{"a": "1"}"#.into());
+        assert_eq!(reference_object(Some(&text)).unwrap()["a"], "1");
+        assert!(reference_object(Some(&serde_json::json!(["1"]))).is_err());
+        assert!(reference_object(Some(&serde_json::json!("1"))).is_err());
+        assert!(reference_object(None).is_err());
     }
 
     #[test]

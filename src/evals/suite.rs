@@ -116,9 +116,25 @@ pub enum MetricName {
     Bleu4,
     RougeL,
     CiderD,
+    /// Extract benchmarks: 1 when the output's first JSON object has exactly the requested
+    /// keys (as the pipeline's `extract_valid`), else 0.
+    JsonValid,
+    /// Extract benchmarks: the share of requested fields whose extracted value equals the
+    /// reference (as strings, trimmed); 0 without a valid JSON object.
+    FieldExactMatch,
 }
 
 impl MetricName {
+    /// Whether the metric compares with the reference answers (`answers_column`).
+    fn needs_answers(self) -> bool {
+        !matches!(self, MetricName::MultipleChoice | MetricName::JsonValid)
+    }
+
+    /// Whether the metric scores an extract benchmark's JSON.
+    fn extract(self) -> bool {
+        matches!(self, MetricName::JsonValid | MetricName::FieldExactMatch)
+    }
+
     fn name(self) -> &'static str {
         match self {
             MetricName::Anls => "anls",
@@ -130,6 +146,8 @@ impl MetricName {
             MetricName::Bleu4 => "bleu4",
             MetricName::RougeL => "rouge_l",
             MetricName::CiderD => "cider_d",
+            MetricName::JsonValid => "json_valid",
+            MetricName::FieldExactMatch => "field_exact_match",
         }
     }
 }
@@ -147,9 +165,14 @@ pub struct BenchmarkSpec {
     pub images: Option<String>,
     /// Row identity (published layouts: set from the layout).
     pub id_column: Option<String>,
-    /// The question; without it, the task is a caption of the image.
+    /// The question; without it (and without fields), the task is a caption of the image.
     pub question_column: Option<String>,
-    /// Reference answers (a list or one string).
+    /// An extract benchmark: the fields to extract, the same for every item ...
+    pub fields: Option<Vec<String>>,
+    /// ... or per item, from this column (a list of names, or the JSON text of one).
+    pub fields_column: Option<String>,
+    /// Reference answers (a list or one string); for an extract benchmark, a JSON object of
+    /// the reference value of each field (or the JSON text of one).
     #[serde(default = "default_answers")]
     pub answers_column: String,
     /// Options of a multiple-choice item (a list) and the index of the right one.
@@ -170,6 +193,13 @@ pub struct BenchmarkSpec {
 
 fn default_answers() -> String {
     "answers".into()
+}
+
+impl BenchmarkSpec {
+    /// An extract benchmark: the pipeline's `extract` task, scored on its JSON.
+    fn is_extract(&self) -> bool {
+        self.fields.is_some() || self.fields_column.is_some()
+    }
 }
 fn default_tokens() -> usize {
     16
@@ -267,6 +297,22 @@ impl SuiteSpec {
             }
             if b.metrics.contains(&MetricName::MultipleChoice) && (b.options_column.is_none() || b.label_column.is_none()) {
                 return Err(err(format!("benchmark {:?}: multiple_choice needs options_column and label_column", b.name)));
+            }
+            if b.fields.is_some() && b.fields_column.is_some() {
+                return Err(err(format!("benchmark {:?}: give fields or fields_column, not both", b.name)));
+            }
+            if b.fields.as_ref().is_some_and(|f| f.is_empty() || f.iter().any(|x| x.trim().is_empty())) {
+                return Err(err(format!("benchmark {:?}: fields must name at least one field, none empty", b.name)));
+            }
+            if b.is_extract() {
+                if b.question_column.is_some() || b.options_column.is_some() {
+                    return Err(err(format!("benchmark {:?}: an extract benchmark (fields) has no question_column or options_column", b.name)));
+                }
+                if let Some(m) = b.metrics.iter().find(|m| !m.extract()) {
+                    return Err(err(format!("benchmark {:?}: an extract benchmark is scored with json_valid and field_exact_match, not {}", b.name, m.name())));
+                }
+            } else if let Some(m) = b.metrics.iter().find(|m| m.extract()) {
+                return Err(err(format!("benchmark {:?}: {} needs fields or fields_column (an extract benchmark)", b.name, m.name())));
             }
             if b.format.layout().is_none() && b.id_column.is_none() {
                 return Err(err(format!("benchmark {:?}: id_column is needed to join answers to results", b.name)));
@@ -717,7 +763,16 @@ fn run_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, outputs: &Outputs, parts:
         source.insert("filter".into(), f.clone().into());
     }
     let mut task = table(&[("name", V::String(b.name.clone())), ("max_new_tokens", V::Integer(b.max_new_tokens as i64))]);
-    match (&b.question_column, &b.options_column) {
+    if b.is_extract() {
+        task.insert("kind".into(), "extract".into());
+        if let Some(f) = &b.fields {
+            task.insert("fields".into(), V::Array(f.iter().map(|x| V::String(x.clone())).collect()));
+        }
+        if let Some(c) = &b.fields_column {
+            task.insert("fields_column".into(), c.clone().into());
+        }
+    } else {
+        match (&b.question_column, &b.options_column) {
         (Some(q), Some(o)) => {
             task.insert("kind".into(), "prompt".into());
             task.insert("prompt".into(), format!("{{{{ {q} }}}}\n{{% for o in {o} %}}{{{{ [\"A\", \"B\", \"C\", \"D\", \"E\", \"F\", \"G\", \"H\", \"I\", \"J\"][loop.index0] }}}}. {{{{ o }}}}\n{{% endfor %}}Answer with the letter of the correct option.").into());
@@ -729,6 +784,7 @@ fn run_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, outputs: &Outputs, parts:
         (None, _) => {
             task.insert("kind".into(), "caption".into());
         }
+        }
     }
     if let Some(s) = &b.system {
         task.insert("system".into(), s.clone().into());
@@ -736,10 +792,10 @@ fn run_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, outputs: &Outputs, parts:
     let (spec, results) = run_part(suite, outputs, &b.name, source, task, parts)?;
     // Labels: the same source, read again for the id and label columns only (no images).
     let mut label_spec = spec.clone();
-    // Reference answers are needed by every metric but multiple choice.
-    let needs_answers = b.metrics.iter().any(|m| *m != MetricName::MultipleChoice);
+    // Reference answers are needed by every metric but multiple choice and json_valid.
+    let needs_answers = b.metrics.iter().any(|m| m.needs_answers());
     let answers = needs_answers.then_some(&b.answers_column);
-    let wanted = [answers, b.options_column.as_ref(), b.label_column.as_ref()].into_iter().flatten();
+    let wanted = [answers, b.options_column.as_ref(), b.label_column.as_ref(), b.fields_column.as_ref()].into_iter().flatten();
     let mut columns: Vec<String> = Vec::new();
     for c in wanted.chain(&b.breakdown) {
         if !columns.contains(c) {
@@ -765,7 +821,7 @@ fn score_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, labels: &Labels, result
     let mut preds = Vec::new();
     let mut refs: Vec<Vec<String>> = Vec::new();
     let mut cols = Vec::new();
-    let needs_answers = b.metrics.iter().any(|m| *m != MetricName::MultipleChoice);
+    let needs_answers = b.metrics.iter().any(|m| m.needs_answers());
     let mut unlabeled = 0usize;
     for (id, columns) in labels {
         // An item without an output is listed as missing by the caller, not scored.
@@ -823,6 +879,21 @@ fn score_benchmark(suite: &SuiteSpec, b: &BenchmarkSpec, labels: &Labels, result
                             metrics::multiple_choice_accuracy(p, &options, label)
                         }
                         MetricName::RougeL => metrics::rouge_l(p, r),
+                        MetricName::JsonValid | MetricName::FieldExactMatch => {
+                            let at = |message: String| Error::Source { source_name: b.name.clone(), message: format!("item {id:?}: {message}") };
+                            let fields = match &b.fields_column {
+                                None => b.fields.clone().unwrap_or_default(),
+                                Some(col) => crate::pipeline::fields_value(c.get(col))
+                                    .filter(|f| !f.is_empty())
+                                    .ok_or_else(|| at(format!("{col} is {}, not a list of field names", c.get(col).map_or("nothing".to_string(), |v| v.to_string()))))?,
+                            };
+                            if m == MetricName::JsonValid {
+                                metrics::json_valid(p, &fields)
+                            } else {
+                                let reference = metrics::reference_object(c.get(&b.answers_column)).map_err(|e| at(format!("{}: {e}", b.answers_column)))?;
+                                metrics::field_exact_match(p, &fields, &reference).map_err(|e| at(format!("{}: {e}", b.answers_column)))?
+                            }
+                        }
                         MetricName::CiderD | MetricName::Bleu4 => unreachable!("handled above"),
                     })
                 })
@@ -1101,6 +1172,141 @@ mod tests {
         all.retain(|id, _| !id.starts_with('c'));
         let rates = group_rates(&suite, probe, &rows, &all, &refusal);
         assert_eq!((rates[2].n, rates[2].refusal_gap, rates[2].refusal_gap_interval), (0, None, None));
+    }
+
+    /// Documents with a text and reference fields, scored from a predictions file (no model):
+    /// extract benchmarks with a fixed and a per-row list of fields, and a question about the
+    /// text, each prompted with the document text first, as the pipeline does.
+    #[test]
+    fn extract_and_text_benchmarks_score_from_predictions() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = [
+            ("d0", "Invoice INV-1, total 10.", serde_json::json!({"invoice": "INV-1", "total": "10"}), serde_json::json!(["invoice"]), "a"),
+            ("d1", "Invoice INV-2, total 20.", serde_json::json!({"invoice": "INV-2", "total": 20}), serde_json::json!("[\"total\"]"), "a"),
+            ("d2", "Invoice INV-3, total 30.", serde_json::json!({"invoice": "INV-3", "total": "30"}), serde_json::json!(["invoice", "total"]), "b"),
+            ("d3", "Invoice INV-4, total 40.", serde_json::json!("{\"invoice\": \"INV-4\", \"total\": \"40\"}"), serde_json::json!(["total"]), "b"),
+        ];
+        let rows: String = docs
+            .iter()
+            .map(|(id, text, answers, fields, kind)| {
+                let inv = text.split(' ').nth(1).unwrap().trim_end_matches(',');
+                serde_json::json!({"id": id, "text": text, "answers": answers, "fields": fields, "kind": kind, "question": "What is the invoice number?", "qa_answers": [inv]}).to_string() + "\n"
+            })
+            .collect();
+        std::fs::write(dir.path().join("docs.jsonl"), rows).unwrap();
+        let predictions = [
+            ("ex", "d0", r#"{"invoice": "INV-1", "total": "10"}"#),
+            ("ex", "d1", r#"Sure: {"invoice": "INV-2", "total": "25"}"#),
+            ("ex", "d2", "not JSON"),
+            ("ex", "d3", r#"{"invoice": "INV-4"}"#),
+            ("exrow", "d0", r#"{"invoice": "INV-1"}"#),
+            ("exrow", "d1", r#"{"total": " 20 "}"#),
+            ("exrow", "d2", r#"{"invoice": "INV-3", "total": "x"}"#),
+            ("exrow", "d3", r#"{"invoice": "INV-4"}"#),
+            ("qa", "d0", "INV-1"),
+            ("qa", "d1", "INV-1"),
+            ("qa", "d2", "three"),
+            ("qa", "d3", "INV-4 "),
+        ];
+        let lines: String = predictions.iter().map(|(part, id, p)| serde_json::json!({"part": part, "id": id, "prediction": p}).to_string() + "\n").collect();
+        std::fs::write(dir.path().join("predictions.jsonl"), lines).unwrap();
+        let suite_text = r#"name = "docs"
+seed = 4
+samples = 10
+[model]
+dir = "no-model"
+[sink]
+dir = "out"
+[[benchmark]]
+name = "ex"
+format = "jsonl"
+path = "docs.jsonl"
+id_column = "id"
+text_column = "text"
+fields = ["invoice", "total"]
+metrics = ["json_valid", "field_exact_match"]
+breakdown = ["kind"]
+[[benchmark]]
+name = "exrow"
+format = "jsonl"
+path = "docs.jsonl"
+id_column = "id"
+text_column = "text"
+fields_column = "fields"
+metrics = ["json_valid", "field_exact_match"]
+[[benchmark]]
+name = "qa"
+format = "jsonl"
+path = "docs.jsonl"
+id_column = "id"
+text_column = "text"
+question_column = "question"
+answers_column = "qa_answers"
+metrics = ["exact_match"]
+"#;
+        std::fs::write(dir.path().join("suite.toml"), suite_text).unwrap();
+        let suite = SuiteSpec::load(&dir.path().join("suite.toml")).unwrap();
+        let p = Predictions::load(&dir.path().join("predictions.jsonl"), "id", "prediction").unwrap();
+        let record = run(&suite, &Outputs::Predictions(p)).unwrap().record;
+        let metric = |b: &str, m: &str| record.metrics.iter().find(|x| x.benchmark == b && x.metric == m).unwrap().estimate;
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        // ex: valid 1, 1, 0, 0 (a key missing); fields right 2/2, 1/2 (25 is not 20), 0, 0.
+        let (valid, fields) = (metric("ex", "json_valid"), metric("ex", "field_exact_match"));
+        assert!(close(valid.value, 0.5) && valid.n == 4, "{valid:?}");
+        assert!(close(fields.value, 0.375) && fields.n == 4, "{fields:?}");
+        assert_eq!((fields.low, fields.high), { let e = metrics::mean_with_ci(&[1.0, 0.5, 0.0, 0.0], 4); (e.low, e.high) });
+        // Per row: invoice (right), total ("20" trimmed against the number 20: right),
+        // invoice and total (1 of 2), total (a key of another field: invalid).
+        assert!(close(metric("exrow", "json_valid").value, 0.75), "{:?}", metric("exrow", "json_valid"));
+        assert!(close(metric("exrow", "field_exact_match").value, 0.625), "{:?}", metric("exrow", "field_exact_match"));
+        assert!(close(metric("qa", "exact_match").value, 0.5), "{:?}", metric("qa", "exact_match"));
+        // Breakdowns work on the new metrics.
+        let by_kind = record.breakdowns.iter().find(|b| b.benchmark == "ex" && b.metric == "field_exact_match").unwrap();
+        let slices: Vec<(&str, f64, usize)> = by_kind.slices.iter().map(|(k, e)| (k.as_str(), e.value, e.n)).collect();
+        assert_eq!(slices, [("a", 0.75, 2), ("b", 0.0, 2)]);
+        assert_eq!(record.breakdowns.iter().filter(|b| b.benchmark == "ex").count(), 2);
+        // The prompts: the document text, then the instruction (or the question).
+        let input = |b: &str, id: &str| record.samples.iter().find(|s| s.benchmark == b && s.input_id == id).unwrap().input.clone();
+        let ask = |fields: &str| format!("Extract these fields: {fields}. Answer with one JSON object with exactly these keys and string values, and nothing else.");
+        assert_eq!(input("ex", "d0"), format!("Document:\nInvoice INV-1, total 10.\n\n{}", ask("invoice, total")));
+        assert_eq!(input("exrow", "d1"), format!("Document:\nInvoice INV-2, total 20.\n\n{}", ask("total")));
+        assert_eq!(input("exrow", "d2"), format!("Document:\nInvoice INV-3, total 30.\n\n{}", ask("invoice, total")));
+        assert_eq!(input("qa", "d2"), "Document:\nInvoice INV-3, total 30.\n\nWhat is the invoice number?");
+        // The samples show the reference object (as the source reads it: JSON text).
+        let sample = record.samples.iter().find(|s| s.benchmark == "ex" && s.input_id == "d0").unwrap();
+        let shown: serde_json::Value = serde_json::from_str(&sample.references[0]).unwrap();
+        assert_eq!((sample.references.len(), shown), (1, serde_json::json!({"invoice": "INV-1", "total": "10"})));
+        assert_eq!(sample.score, Some(1.0));
+
+        // A reference without a requested field is an error naming the item and the field.
+        let broken = suite_text.replace("fields = [\"invoice\", \"total\"]", "fields = [\"invoice\", \"iban\"]");
+        std::fs::write(dir.path().join("suite.toml"), broken).unwrap();
+        let suite = SuiteSpec::load(&dir.path().join("suite.toml")).unwrap();
+        let p = Predictions::load(&dir.path().join("predictions.jsonl"), "id", "prediction").unwrap();
+        let e = run(&suite, &Outputs::Predictions(p)).err().unwrap().to_string();
+        assert!(e.contains("item \"d0\"") && e.contains("answers: no reference value for the field \"iban\""), "{e}");
+    }
+
+    #[test]
+    fn extract_benchmark_keys_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |bench: &str| {
+            let text = format!("name = \"s\"\n[model]\ndir = \"m\"\n[sink]\ndir = \"out\"\n[[benchmark]]\nname = \"b\"\nformat = \"jsonl\"\npath = \"x.jsonl\"\nid_column = \"id\"\n{bench}");
+            std::fs::write(dir.path().join("s.toml"), text).unwrap();
+            SuiteSpec::load(&dir.path().join("s.toml")).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert!(load("fields = [\"a\"]\nmetrics = [\"json_valid\", \"field_exact_match\"]\n").is_ok());
+        assert!(load("fields_column = \"f\"\nmetrics = [\"field_exact_match\"]\n").is_ok());
+        let e = load("fields = [\"a\"]\nfields_column = \"f\"\nmetrics = [\"json_valid\"]\n").unwrap_err();
+        assert!(e.contains("give fields or fields_column, not both"), "{e}");
+        let e = load("fields = []\nmetrics = [\"json_valid\"]\n").unwrap_err();
+        assert!(e.contains("fields must name at least one field"), "{e}");
+        let e = load("fields = [\"a\"]\nquestion_column = \"q\"\nmetrics = [\"json_valid\"]\n").unwrap_err();
+        assert!(e.contains("has no question_column"), "{e}");
+        let e = load("fields = [\"a\"]\nmetrics = [\"json_valid\", \"anls\"]\n").unwrap_err();
+        assert!(e.contains("not anls"), "{e}");
+        let e = load("question_column = \"q\"\nmetrics = [\"field_exact_match\"]\n").unwrap_err();
+        assert!(e.contains("field_exact_match needs fields or fields_column"), "{e}");
     }
 
     fn gate(kind: &str, t: f64) -> GateSpec {

@@ -229,7 +229,7 @@ impl ModelStage {
             r.error = out_error;
             if outcome != Outcome::Drop {
                 if task.kind == TaskKind::Extract {
-                    let (json, valid) = check_extract(&text, task.fields.as_deref().unwrap_or_default());
+                    let (json, valid) = check_extract(&text, &item.fields);
                     r.extracted = json;
                     r.extract_valid = Some(valid);
                 }
