@@ -135,6 +135,7 @@ impl Reader {
                             chat: if task.kind == crate::spec::TaskKind::Chat { row.request.clone() } else { None },
                             input_columns: input_columns.clone(),
                             fields: if task.kind == crate::spec::TaskKind::Extract { extract_fields(task, &row).unwrap_or_default() } else { Vec::new() },
+                            policy_scores: Vec::new(),
                         };
                         let sent = if item.error.is_some() {
                             let mut r = provenance.row(&item, task);

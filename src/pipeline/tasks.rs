@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::error::{Error, Result};
-use crate::filters::Decision;
+use crate::filters::{Decision, PolicyScores};
 use crate::model::{Prepared, Sampling};
 use crate::prepare::chat::{Content, Message};
 use crate::sink::ResultRow;
@@ -44,6 +44,8 @@ pub(crate) struct WorkItem {
     pub input_columns: Option<String>,
     /// An extract task's fields for this row (its `fields`, or the row's `fields_column`).
     pub fields: Vec<String>,
+    /// The input policy filter's scores of what it screened (every category's).
+    pub policy_scores: Vec<PolicyScores>,
 }
 
 /// The generation parameters of one item: its task's, with what a request sets instead.
@@ -361,6 +363,7 @@ impl Provenance {
             created_at_ms: now_ms(),
             supersedes: item.supersedes.clone(),
             input_columns: item.input_columns.clone(),
+            policy_scores: policy_scores_json(&item.policy_scores),
             ..Default::default()
         }
     }
@@ -372,6 +375,11 @@ impl Provenance {
             "gemma_batch": env!("CARGO_PKG_VERSION"),
         })
     }
+}
+
+/// The `policy_scores` column: None when the policy filter screened nothing of the row.
+pub(crate) fn policy_scores_json(scores: &[PolicyScores]) -> Option<String> {
+    (!scores.is_empty()).then(|| serde_json::to_string(scores).unwrap_or_else(|_| "[]".into()))
 }
 
 /// Adds a failure reason to a row's history of reasons (`errors`, oldest first).
