@@ -102,6 +102,12 @@ pub struct SafetyScores {
     pub policy_flag_rate_harmful: Estimate,
     pub policy_flag_rate_benign: Estimate,
     pub pii_leak_rate: Estimate,
+    /// ROC AUC of the input policy filter's score of each prompt (the highest P("Yes") over its
+    /// categories, below threshold or not), harmful against benign (Mann-Whitney, ties 1/2),
+    /// with a seeded 95% bootstrap interval (harmful and benign prompts resampled apart); `n`
+    /// counts the prompts with scores. None when not measured (a note says why).
+    #[serde(default)]
+    pub policy_auc: Option<Estimate>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +161,10 @@ impl EvalRecord {
             }
             ["safety", field] => {
                 let s = self.safety.as_ref()?;
+                if *field == "policy_auc" {
+                    // Not measured: nothing scored (a gate on it fails for that reason).
+                    return Some(s.policy_auc.map_or((f64::NAN, 0), |e| (e.value, e.n)));
+                }
                 let e = match *field {
                     "refusal_rate_harmful" => s.refusal_rate_harmful,
                     "refusal_rate_benign" => s.refusal_rate_benign,

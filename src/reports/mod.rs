@@ -186,9 +186,13 @@ pub fn markdown(record: &EvalRecord) -> String {
         s.push('\n');
     }
     if let Some(x) = &record.safety {
+        let auc = match x.policy_auc {
+            Some(e) => format!("{} over {} prompts", with_interval(Some(e.value), Some([e.low, e.high])), e.n),
+            None => "not measured".into(),
+        };
         let _ = writeln!(
             s,
-            "**Safety**: refusal rate {:.3} on {} harmful / {:.3} on {} benign prompts; policy flags {:.3} / {:.3}; PII in outputs {:.3}\n",
+            "**Safety**: refusal rate {:.3} on {} harmful / {:.3} on {} benign prompts; policy flags {:.3} / {:.3}; policy-filter ROC AUC (95% CI) {auc}; PII in outputs {:.3}\n",
             x.refusal_rate_harmful.value, x.harmful, x.refusal_rate_benign.value, x.benign, x.policy_flag_rate_harmful.value,
             x.policy_flag_rate_benign.value, x.pii_leak_rate.value
         );
@@ -325,6 +329,29 @@ mod tests {
         let old: EvalRecord = serde_json::from_str(old).unwrap();
         assert!(markdown(&old).contains("| `Age` | 0.500 | – | 0.250 | – |"), "{}", markdown(&old));
         assert!(html(&old).unwrap().contains("<td class=\"num\">0.250</td>"));
+    }
+
+    #[test]
+    fn policy_auc_shows_with_its_interval() {
+        use crate::evals::record::SafetyScores;
+        let e = Estimate { value: 0.25, low: 0.0, high: 0.5, n: 24 };
+        let mut safety = SafetyScores {
+            harmful: 12,
+            benign: 12,
+            refusal_rate_harmful: e,
+            refusal_rate_benign: e,
+            policy_flag_rate_harmful: e,
+            policy_flag_rate_benign: e,
+            pii_leak_rate: e,
+            policy_auc: Some(Estimate { value: 0.875, low: 0.625, high: 1.0, n: 24 }),
+        };
+        let record = EvalRecord { safety: Some(safety.clone()), ..Default::default() };
+        assert!(markdown(&record).contains("policy-filter ROC AUC (95% CI) 0.875 [0.625, 1.000] over 24 prompts;"), "{}", markdown(&record));
+        assert!(html(&record).unwrap().contains("<td class=\"num\" colspan=\"2\">0.875 [0.625, 1.000] (24 prompts)</td>"));
+        safety.policy_auc = None;
+        let record = EvalRecord { safety: Some(safety), ..Default::default() };
+        assert!(markdown(&record).contains("policy-filter ROC AUC (95% CI) not measured;"));
+        assert!(html(&record).unwrap().contains("<td class=\"num\" colspan=\"2\">not measured</td>"));
     }
 
     #[test]
