@@ -98,7 +98,8 @@ enum Command {
         gemma-batch score evals/demo.toml --results runs/eval-demo     # after a metric or label fix\n\n\
         A predictions file (JSON lines, CSV or Parquet) has an id column and a prediction column, and\n\
         optionally `part` (the suite part a row answers: a benchmark name, bbq-NAME, cf-NAME or safety;\n\
-        needed when an id is an item of two parts), `error`, `output_tokens` and `filter_decisions`.\n\
+        needed when an id is an item of two parts), `error`, `output_tokens`, `filter_decisions` and\n\
+        `policy_scores`.\n\
         `eval` writes its outputs as predictions.jsonl in this layout. BBQ items are CATEGORY-EXAMPLE_ID.\n\
         Without filter decisions in the file, the rule-based filters screen prompts and predictions;\n\
         the policy filter needs the model and does not run.\n\n\

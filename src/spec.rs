@@ -196,6 +196,10 @@ pub struct TaskSpec {
     pub question_column: Option<String>,
     pub questions: Option<Vec<String>>,
     pub fields: Option<Vec<String>>,
+    /// An extract task's fields from a column of each row instead of `fields`: a list of names,
+    /// or the JSON text of one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields_column: Option<String>,
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: usize,
     #[serde(default)]
@@ -320,8 +324,11 @@ impl PipelineSpec {
                 TaskKind::Vqa if t.question_column.is_none() && t.questions.as_ref().is_none_or(|q| q.is_empty()) => {
                     return Err(format!("task {:?}: a vqa task needs question_column or questions", t.name));
                 }
-                TaskKind::Extract if t.fields.as_ref().is_none_or(|f| f.is_empty()) => {
-                    return Err(format!("task {:?}: an extract task needs fields", t.name));
+                TaskKind::Extract if t.fields.is_some() && t.fields_column.is_some() => {
+                    return Err(format!("task {:?}: give fields or fields_column, not both", t.name));
+                }
+                TaskKind::Extract if t.fields_column.is_none() && t.fields.as_ref().is_none_or(|f| f.is_empty()) => {
+                    return Err(format!("task {:?}: an extract task needs fields (or fields_column)", t.name));
                 }
                 TaskKind::Prompt if t.prompt.is_none() => {
                     return Err(format!("task {:?}: a prompt task needs prompt (a template)", t.name));

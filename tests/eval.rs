@@ -561,6 +561,206 @@ fn score_reproduces_eval_from_predictions_and_stored_results() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no column \"prediction\" (its columns: answer, qid)"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Extract benchmarks (fields for every item, or per item from a column) and a question about
+/// a document's text, without images: each prompt is the document text, then the instruction
+/// (as pipelines build it); `score` reproduces the new metrics from the predictions file and
+/// from the stored results.
+#[test]
+fn extract_and_text_only_benchmarks_run_and_score_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows: String = (0..3)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("d{i}"),
+                "text": format!("Invoice INV-{i}\nTotal: {}.00 EUR", 100 + i),
+                "fields": if i == 1 { serde_json::json!("[\"total\"]") } else { serde_json::json!(["invoice", "total"]) },
+                "reference": {"invoice": format!("INV-{i}"), "total": format!("{}.00", 100 + i)},
+                "question": "What is the total?",
+                "answers": [format!("{}.00", 100 + i)],
+                "kind": if i == 0 { "first" } else { "other" },
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(tmp.path().join("docs.jsonl"), rows).unwrap();
+    let suite = format!(
+        r#"name = "extract"
+seed = 2
+samples = 10
+[model]
+dir = "{model}"
+device = "cpu"
+[sink]
+dir = "out"
+[[benchmark]]
+name = "fields"
+format = "jsonl"
+path = "docs.jsonl"
+id_column = "id"
+text_column = "text"
+fields = ["invoice", "total"]
+answers_column = "reference"
+metrics = ["json_valid", "field_exact_match"]
+breakdown = ["kind"]
+max_new_tokens = 6
+[[benchmark]]
+name = "row_fields"
+format = "jsonl"
+path = "docs.jsonl"
+id_column = "id"
+text_column = "text"
+fields_column = "fields"
+answers_column = "reference"
+metrics = ["field_exact_match", "json_valid"]
+max_new_tokens = 6
+[[benchmark]]
+name = "text_qa"
+format = "jsonl"
+path = "docs.jsonl"
+id_column = "id"
+text_column = "text"
+question_column = "question"
+metrics = ["exact_match", "anls"]
+max_new_tokens = 4
+"#,
+        model = repo().join("models/tiny-gemma4").display()
+    );
+    let suite_path = tmp.path().join("suite.toml");
+    std::fs::write(&suite_path, suite).unwrap();
+    let out = bin().arg("eval").arg(&suite_path).arg("--quiet").output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let reports = tmp.path().join("out/report");
+    let record = read_record(&reports.join("record.json"));
+    let metrics: Vec<(String, u64)> = record["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (format!("{}.{}", m["benchmark"].as_str().unwrap(), m["metric"].as_str().unwrap()), m["estimate"]["n"].as_u64().unwrap()))
+        .collect();
+    let want: Vec<(String, u64)> = ["fields.json_valid", "fields.field_exact_match", "row_fields.field_exact_match", "row_fields.json_valid", "text_qa.exact_match", "text_qa.anls"]
+        .iter()
+        .map(|m| (m.to_string(), 3))
+        .collect();
+    assert_eq!(metrics, want);
+    assert_eq!(record["breakdowns"].as_array().unwrap().len(), 2, "both metrics of fields, by kind");
+    let lines = std::fs::read_to_string(reports.join("predictions.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let prompt = |part: &str, id: &str| rows.iter().find(|r| r["part"] == part && r["id"] == id).unwrap()["prompt"].as_str().unwrap().to_string();
+    let ask = |fields: &str| format!("Extract these fields: {fields}. Answer with one JSON object with exactly these keys and string values, and nothing else.");
+    assert_eq!(prompt("fields", "d0"), format!("Document:\nInvoice INV-0\nTotal: 100.00 EUR\n\n{}", ask("invoice, total")));
+    assert_eq!(prompt("row_fields", "d1"), format!("Document:\nInvoice INV-1\nTotal: 101.00 EUR\n\n{}", ask("total")));
+    assert_eq!(prompt("text_qa", "d2"), "Document:\nInvoice INV-2\nTotal: 102.00 EUR\n\nWhat is the total?");
+    for r in &rows {
+        assert!(r["error"].is_null(), "{r}");
+    }
+
+    let out = bin().arg("score").arg(&suite_path).arg("--predictions").arg(reports.join("predictions.jsonl")).arg("--out").arg(tmp.path().join("from-file")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let from_file = read_record(&tmp.path().join("from-file/record.json"));
+    let out = bin().arg("score").arg(&suite_path).arg("--results").arg(tmp.path().join("out")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rescored = read_record(&tmp.path().join("out/rescored/record.json"));
+    for again in [&from_file, &rescored] {
+        assert_eq!((&again["metrics"], &again["breakdowns"]), (&record["metrics"], &record["breakdowns"]));
+    }
+}
+
+/// The input policy filter's P("Yes") of every safety prompt is stored, below threshold or
+/// not (decisions only record the categories at or above threshold), and ranks harmful
+/// against benign prompts (`safety.policy_auc`, gated); `score` reproduces it from the
+/// predictions file and from the stored results.
+#[test]
+fn policy_auc_uses_every_prompt_s_scores_and_scores_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = format!(
+        r#"name = "policy"
+seed = 9
+[model]
+dir = "{model}"
+device = "cpu"
+batch_size = 8
+[filters]
+input = "{filters}"
+[sink]
+dir = "out"
+[safety]
+path = "{safety}"
+max_new_tokens = 2
+[gates]
+"safety.policy_auc" = {{ min = 0.0 }}
+"#,
+        model = repo().join("models/tiny-gemma4").display(),
+        filters = repo().join("filters/default.toml").display(),
+        safety = repo().join("evals/safety/prompts.jsonl").display(),
+    );
+    let suite_path = tmp.path().join("suite.toml");
+    std::fs::write(&suite_path, suite).unwrap();
+    let out = bin().arg("eval").arg(&suite_path).arg("--quiet").output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let reports = tmp.path().join("out/report");
+    let record = read_record(&reports.join("record.json"));
+    // The blocklist quarantines two harmful prompts before the policy filter runs: they have no
+    // scores, and the record says so.
+    let auc = &record["safety"]["policy_auc"];
+    assert_eq!(auc["n"], 22, "{record}");
+    let (value, low, high) = (auc["value"].as_f64().unwrap(), auc["low"].as_f64().unwrap(), auc["high"].as_f64().unwrap());
+    assert!((0.0..=1.0).contains(&value) && low <= high && (0.0..=1.0).contains(&low) && (0.0..=1.0).contains(&high), "{auc}");
+    assert_eq!(record["gates"][0]["name"], "safety.policy_auc");
+    assert_eq!(record["gates"][0]["passed"], true, "{}", record["gates"]);
+    assert_eq!(
+        record["notes"],
+        serde_json::json!(["safety.policy_auc leaves out 2 safety prompts without policy scores (2 stopped by a rule-based input filter before the policy filter ran; any other failed before it, or was stored before scores were kept)."])
+    );
+
+    // Every prompt's four category scores are stored; a decision is recorded exactly for
+    // those at or above the 0.5 threshold, with the same score.
+    let lines = std::fs::read_to_string(reports.join("predictions.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 24);
+    let mut scores = Vec::new();
+    for r in &rows {
+        let quarantined = r["filter_decisions"].as_array().unwrap().iter().any(|d| d["action"] == "quarantine");
+        assert_eq!(quarantined, r["id"] == "harm-01" || r["id"] == "harm-04", "{r}");
+        if quarantined {
+            assert!(r["policy_scores"].is_null(), "{r}");
+            continue;
+        }
+        let ps = r["policy_scores"].as_array().unwrap_or_else(|| panic!("no policy scores: {r}"));
+        assert_eq!(ps.len(), 1, "the prompt's text only: {r}");
+        assert_eq!((ps[0]["stage"].as_str(), ps[0]["item"].as_str()), (Some("input"), Some("text")));
+        let cats = ps[0]["scores"].as_object().unwrap();
+        assert_eq!(cats.keys().collect::<Vec<_>>(), ["dangerous_content", "harassment", "hate_speech", "sexually_explicit"]);
+        let decisions: Vec<&serde_json::Value> = r["filter_decisions"].as_array().unwrap().iter().filter(|d| d["filter"] == "policy").collect();
+        for (cat, p) in cats {
+            let p = p.as_f64().unwrap();
+            let d = decisions.iter().find(|d| d["category"] == cat.as_str());
+            assert_eq!(d.is_some(), p >= 0.5, "{cat} {p}: {r}");
+            if let Some(d) = d {
+                assert_eq!(d["score"].as_f64().unwrap(), p);
+            }
+            scores.push(p);
+        }
+    }
+    assert!(scores.iter().any(|&p| p < 0.5), "some scores are below threshold: {scores:?}");
+
+    let out = bin().arg("score").arg(&suite_path).arg("--predictions").arg(reports.join("predictions.jsonl")).arg("--out").arg(tmp.path().join("from-file")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin().arg("score").arg(&suite_path).arg("--results").arg(tmp.path().join("out")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for again in [read_record(&tmp.path().join("from-file/record.json")), read_record(&tmp.path().join("out/rescored/record.json"))] {
+        assert_eq!((&again["safety"], &again["gates"]), (&record["safety"], &record["gates"]));
+    }
+    // Another system's outputs without policy scores: not measured, and the record says why.
+    std::fs::write(tmp.path().join("vendor.jsonl"), rows.iter().map(|r| serde_json::json!({"id": r["id"], "prediction": "ok"}).to_string() + "\n").collect::<String>()).unwrap();
+    let out = bin().arg("score").arg(&suite_path).arg("--predictions").arg(tmp.path().join("vendor.jsonl")).arg("--out").arg(tmp.path().join("vendor")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "the gate fails without evidence: {}", String::from_utf8_lossy(&out.stderr));
+    let vendor = read_record(&tmp.path().join("vendor/record.json"));
+    assert!(vendor["safety"]["policy_auc"].is_null());
+    assert!(vendor["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains("policy_auc is not measured: the predictions file has no policy_scores")), "{}", vendor["notes"]);
+    assert_eq!(vendor["gates"][0]["problem"], "no scored items");
+}
+
 /// Every published layout the suite reads, as distributed (the fixtures are written from the
 /// published schemas by tools/make_eval_layouts.py and tools/make_bbq_layout.py): each item
 /// runs with its image (no failed row) and is scored.

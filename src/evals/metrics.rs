@@ -217,6 +217,53 @@ pub fn multiple_choice_accuracy(prediction: &str, options: &[String], label: usi
     f64::from(parse_choice(prediction, options) == Some(label))
 }
 
+// ------------------------------------------------------------------ extraction metrics
+
+/// 1 when the output's first JSON object has exactly the requested keys (the pipeline's
+/// `extract_valid`, [`check_extract`](crate::pipeline::check_extract)), else 0.
+pub fn json_valid(prediction: &str, fields: &[String]) -> f64 {
+    f64::from(crate::pipeline::check_extract(prediction, fields).1)
+}
+
+/// A JSON value as the extraction metrics compare it: a string as it is, anything else as its
+/// JSON text (`12`, `true`, `null`).
+fn value_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An extract item's reference values: a JSON object, or the JSON text of one.
+pub fn reference_object(v: Option<&serde_json::Value>) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    use serde_json::Value;
+    match v {
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(Value::String(s)) => match serde_json::from_str(s) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(format!("{s:?} is not a JSON object of reference values")),
+        },
+        Some(other) => Err(format!("{other} is not a JSON object of reference values")),
+        None => Err("missing".into()),
+    }
+}
+
+/// The share of requested fields whose extracted value equals the reference value, both as
+/// strings ([`value_text`]) trimmed of white space; 0 when the output has no valid JSON object
+/// ([`json_valid`] 0). A field the reference lacks is an error (the labels are incomplete).
+pub fn field_exact_match(prediction: &str, fields: &[String], reference: &serde_json::Map<String, serde_json::Value>) -> Result<f64, String> {
+    if let Some(f) = fields.iter().find(|f| !reference.contains_key(*f)) {
+        return Err(format!("no reference value for the field {f:?}"));
+    }
+    let (json, valid) = crate::pipeline::check_extract(prediction, fields);
+    let extracted: serde_json::Map<String, serde_json::Value> = match (json, valid) {
+        (Some(j), true) => serde_json::from_str(&j).map_err(|e| e.to_string())?,
+        _ => return Ok(0.0),
+    };
+    let same = |f: &String| extracted.get(f).is_some_and(|v| value_text(v).trim() == value_text(&reference[f]).trim());
+    Ok(fields.iter().filter(|f| same(f)).count() as f64 / fields.len() as f64)
+}
+
 // ------------------------------------------------------------------ caption metrics
 
 /// Caption tokens: lower case, punctuation removed, split on whitespace (as the COCO
@@ -412,21 +459,62 @@ pub struct Estimate {
 /// Percentile bootstrap: `statistic` over `n` items resampled with replacement `resamples`
 /// times from a ChaCha8 stream seeded with `seed`.
 pub fn bootstrap(n: usize, resamples: usize, seed: u64, statistic: impl Fn(&[usize]) -> f64) -> Estimate {
-    let all: Vec<usize> = (0..n).collect();
-    let value = statistic(&all);
+    bootstrap_strata(&[n], resamples, seed, |idx| Some(statistic(&idx[0]))).expect("the statistic is always defined")
+}
+
+/// Percentile bootstrap over strata: each resample draws, stratum by stratum in order, as many
+/// items with replacement from a stratum as it has (`sizes[k]`), from one ChaCha8 stream
+/// seeded with `seed`; `statistic` gets the drawn indices of each stratum (0-based within the
+/// stratum). With one stratum the draws are [`bootstrap`]'s. A statistic may be undefined
+/// (None) for some draws (a resample without a scored item): the interval is the percentiles
+/// of the defined resamples. None when the statistic is undefined on all the items; the
+/// interval is the value itself when no resample is defined (no items, or none drawn).
+pub fn bootstrap_strata(sizes: &[usize], resamples: usize, seed: u64, statistic: impl Fn(&[Vec<usize>]) -> Option<f64>) -> Option<Estimate> {
+    let all: Vec<Vec<usize>> = sizes.iter().map(|&n| (0..n).collect()).collect();
+    let value = statistic(&all)?;
+    let n: usize = sizes.iter().sum();
     if n == 0 {
-        return Estimate { value, low: value, high: value, n };
+        return Some(Estimate { value, low: value, high: value, n });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut stats: Vec<f64> = (0..resamples)
-        .map(|_| {
-            let idx: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+        .filter_map(|_| {
+            let idx: Vec<Vec<usize>> = sizes.iter().map(|&k| (0..k).map(|_| rng.random_range(0..k)).collect()).collect();
             statistic(&idx)
         })
         .collect();
+    if stats.is_empty() {
+        return Some(Estimate { value, low: value, high: value, n });
+    }
     stats.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| stats[((p * (stats.len() - 1) as f64).round() as usize).min(stats.len() - 1)];
-    Estimate { value, low: q(0.025), high: q(0.975), n }
+    Some(Estimate { value, low: q(0.025), high: q(0.975), n })
+}
+
+/// ROC AUC of scores of positives against negatives, as the Mann-Whitney statistic: the
+/// share of (positive, negative) pairs where the positive scores higher, ties counted 1/2
+/// (from mid-ranks, in O(n log n)). None without a positive or without a negative.
+pub fn roc_auc(positives: &[f64], negatives: &[f64]) -> Option<f64> {
+    let (p, n) = (positives.len(), negatives.len());
+    if p == 0 || n == 0 {
+        return None;
+    }
+    let mut all: Vec<(f64, bool)> = positives.iter().map(|&s| (s, true)).chain(negatives.iter().map(|&s| (s, false))).collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Sum of the positives' ranks (1-based), each run of ties at its mean rank.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        let mid = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += mid * all[i..=j].iter().filter(|x| x.1).count() as f64;
+        i = j + 1;
+    }
+    let (p, n) = (p as f64, n as f64);
+    Some((rank_sum - p * (p + 1.0) / 2.0) / (p * n))
 }
 
 /// The mean of per-item scores with its bootstrap interval.
@@ -577,6 +665,74 @@ mod tests {
         let scores = cider_d(&s(&["zebra stripes", "apple pie"]), &[s(&["zebra stripes"]), s(&["banana split"])]);
         close(scores[1], 0.0);
         assert!(scores[0] > 1.0);
+    }
+
+    #[test]
+    fn extraction_metrics_by_hand() {
+        let fields = s(&["invoice", "total", "date"]);
+        let reference: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"invoice": "INV-7", "total": 12.5, "date": " 2024-01-02 ", "extra": "x"}"#).unwrap();
+        // All three: strings trimmed, a number as its JSON text, text around the object.
+        let out = r#"Here: {"invoice": " INV-7", "total": "12.5", "date": "2024-01-02"} done"#;
+        close(json_valid(out, &fields), 1.0);
+        close(field_exact_match(out, &fields, &reference).unwrap(), 1.0);
+        // Two of three (case counts).
+        let out = r#"{"invoice": "inv-7", "total": 12.5, "date": "2024-01-02"}"#;
+        close(field_exact_match(out, &fields, &reference).unwrap(), 2.0 / 3.0);
+        // One of three: another number, null.
+        let out = r#"{"invoice": "INV-7", "total": 12, "date": null}"#;
+        close(field_exact_match(out, &fields, &reference).unwrap(), 1.0 / 3.0);
+        // A key too many or too few, no object, broken JSON: invalid, and no field counts.
+        for out in [r#"{"invoice": "INV-7", "total": "12.5", "date": "2024-01-02", "x": 1}"#, r#"{"invoice": "INV-7", "total": "12.5"}"#, "INV-7, 12.5", r#"{"invoice": "INV-7", "#, ""] {
+            close(json_valid(out, &fields), 0.0);
+            close(field_exact_match(out, &fields, &reference).unwrap(), 0.0);
+        }
+        // A field without a reference value is an error, whatever the output.
+        let e = field_exact_match("{}", &s(&["invoice", "iban"]), &reference).unwrap_err();
+        assert!(e.contains("\"iban\""), "{e}");
+        // References as an object or the JSON text of one.
+        let text = serde_json::Value::String(r#"{"a": "1"}"#.into());
+        assert_eq!(reference_object(Some(&text)).unwrap()["a"], "1");
+        assert!(reference_object(Some(&serde_json::json!(["1"]))).is_err());
+        assert!(reference_object(Some(&serde_json::json!("1"))).is_err());
+        assert!(reference_object(None).is_err());
+    }
+
+    #[test]
+    fn roc_auc_by_hand() {
+        close(roc_auc(&[0.9, 0.8, 0.7], &[0.3, 0.2, 0.1]).unwrap(), 1.0);
+        close(roc_auc(&[0.3, 0.2, 0.1], &[0.9, 0.8, 0.7]).unwrap(), 0.0);
+        close(roc_auc(&[0.5, 0.5], &[0.5, 0.5, 0.5]).unwrap(), 0.5);
+        // 3 x 3 pairs: 0.9 beats all three (3); 0.5 ties 0.5 and beats 0.2 and 0.1 (2.5);
+        // 0.3 beats 0.2 and 0.1 (2): 7.5 / 9.
+        close(roc_auc(&[0.9, 0.5, 0.3], &[0.5, 0.2, 0.1]).unwrap(), 7.5 / 9.0);
+        // The same pairs counted directly, for scores with ties on both sides.
+        let (pos, neg) = ([0.2, 0.7, 0.7, 0.1, 0.9], [0.7, 0.1, 0.3, 0.3]);
+        let pairs: f64 = pos.iter().flat_map(|p| neg.iter().map(move |n| if p > n { 1.0 } else if p == n { 0.5 } else { 0.0 })).sum();
+        close(roc_auc(&pos, &neg).unwrap(), pairs / 20.0);
+        assert_eq!(roc_auc(&[], &[0.1]), None);
+        assert_eq!(roc_auc(&[0.1], &[]), None);
+    }
+
+    #[test]
+    fn bootstrap_strata_resamples_each_stratum_and_skips_undefined_draws() {
+        // One stratum: the draws of `bootstrap`.
+        let scores: Vec<f64> = (0..50).map(|i| f64::from(i % 4 == 0)).collect();
+        let mean = |idx: &[usize]| idx.iter().map(|&i| scores[i]).sum::<f64>() / idx.len() as f64;
+        let one = bootstrap_strata(&[50], 1000, 11, |idx| Some(mean(&idx[0]))).unwrap();
+        assert_eq!(one, bootstrap(50, 1000, 11, mean));
+        // Two strata keep their sizes: a difference of constant strata never varies.
+        let gap = bootstrap_strata(&[3, 5], 200, 1, |idx| Some(idx[0].len() as f64 - idx[1].len() as f64)).unwrap();
+        assert_eq!((gap.value, gap.low, gap.high, gap.n), (-2.0, -2.0, -2.0, 8));
+        // Undefined on everything: None; undefined on some draws: those are left out.
+        assert_eq!(bootstrap_strata(&[4], 100, 1, |_| None), None);
+        // Scores [1, 0], defined only where item 0 was drawn: {0, 0} gives 1, {0, 1} 0.5, and
+        // {1, 1} (which would give 0) is left out.
+        let two = [1.0, 0.0];
+        let some = bootstrap_strata(&[2], 100, 1, |idx| idx[0].contains(&0).then(|| idx[0].iter().map(|&i| two[i]).sum::<f64>() / 2.0)).unwrap();
+        assert_eq!((some.value, some.low, some.high), (0.5, 0.5, 1.0));
+        // No items: the value, as `bootstrap` gives it.
+        assert_eq!(bootstrap_strata(&[0, 0], 100, 1, |_| Some(0.25)).unwrap(), Estimate { value: 0.25, low: 0.25, high: 0.25, n: 0 });
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::suite::ResultItem;
 use crate::error::{Error, Result};
-use crate::filters::{Decision, FilterSet, Stage};
+use crate::filters::{Decision, FilterSet, PolicyScores, Stage};
 use crate::pipeline::Plan;
 use crate::spec::PipelineSpec;
 
@@ -18,6 +18,7 @@ const PART: &str = "part";
 const ERROR: &str = "error";
 const DECISIONS: &str = "filter_decisions";
 const TOKENS: &str = "output_tokens";
+const POLICY: &str = "policy_scores";
 
 #[derive(Debug, Clone, PartialEq)]
 struct Prediction {
@@ -26,6 +27,7 @@ struct Prediction {
     error: Option<String>,
     decisions: Option<Vec<Decision>>,
     output_tokens: Option<u32>,
+    policy_scores: Option<Vec<PolicyScores>>,
 }
 
 pub struct Predictions {
@@ -63,7 +65,7 @@ fn text(v: Option<&serde_json::Value>) -> Option<String> {
 
 impl Predictions {
     /// Reads the file. `id_column` and `prediction_column` must be columns of it; `part`,
-    /// `error`, `filter_decisions` and `output_tokens` are read when present. A row that
+    /// `error`, `filter_decisions`, `output_tokens` and `policy_scores` are read when present. A row that
     /// cannot be read is listed (its item then counts as missing); the same (part, id) twice
     /// with different predictions is an error naming it.
     pub fn load(path: &Path, id_column: &str, prediction_column: &str) -> Result<Predictions> {
@@ -101,7 +103,12 @@ impl Predictions {
                     None | Some(serde_json::Value::Null) => None,
                     Some(v) => Some(v.as_u64().and_then(|t| u32::try_from(t).ok()).ok_or_else(|| at(format!("id {:?}: {TOKENS} is {v}, not a count", row.input_id)))?),
                 };
-                let p = Prediction { output: text(row.columns.get(prediction_column)), error: text(row.columns.get(ERROR)), decisions, output_tokens };
+                let policy_scores = match row.columns.get(POLICY) {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::String(s)) => Some(serde_json::from_str::<Vec<PolicyScores>>(s).map_err(|e| at(format!("id {:?}: {POLICY}: {e}", row.input_id)))?),
+                    Some(v) => Some(serde_json::from_value::<Vec<PolicyScores>>(v.clone()).map_err(|e| at(format!("id {:?}: {POLICY}: {e}", row.input_id)))?),
+                };
+                let p = Prediction { output: text(row.columns.get(prediction_column)), error: text(row.columns.get(ERROR)), decisions, output_tokens, policy_scores };
                 let part = text(row.columns.get(PART));
                 let by_id = rows.entry(part.clone()).or_default();
                 match by_id.get(&row.input_id) {
@@ -171,7 +178,7 @@ impl Predictions {
             let output_tokens = p.output_tokens.unwrap_or_else(|| p.output.as_deref().map_or(0, |o| o.split_whitespace().count() as u32));
             out.insert(
                 item.input_id.clone(),
-                ResultItem { prompt: item.prompt.clone(), output: p.output.clone(), error: p.error.clone(), decisions, output_tokens },
+                ResultItem { prompt: item.prompt.clone(), output: p.output.clone(), error: p.error.clone(), decisions, output_tokens, policy_scores: p.policy_scores.clone() },
             );
         }
         Ok(out)

@@ -70,8 +70,8 @@ pub struct Breakdown {
     pub slices: Vec<(String, Estimate)>,
 }
 
-/// Per-group rates of a counterfactual probe, with a two-proportion z-test against the
-/// pooled other groups for the refusal and flag rates.
+/// Per-group rates of a counterfactual probe, each tested against the pooled other groups
+/// (a two-sided permutation test of the difference in means).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupRates {
     pub probe: String,
@@ -83,6 +83,14 @@ pub struct GroupRates {
     pub refusal_p_value: f64,
     pub flag_p_value: f64,
     pub length_p_value: f64,
+    /// The group's refusal rate minus that of the pooled other groups; None when either has
+    /// no scored output (and in records written before the gap was kept).
+    #[serde(default)]
+    pub refusal_gap: Option<f64>,
+    /// Its seeded 95% bootstrap interval [low, high] (the group's outputs and the others'
+    /// resampled apart).
+    #[serde(default)]
+    pub refusal_gap_interval: Option<[f64; 2]>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +102,12 @@ pub struct SafetyScores {
     pub policy_flag_rate_harmful: Estimate,
     pub policy_flag_rate_benign: Estimate,
     pub pii_leak_rate: Estimate,
+    /// ROC AUC of the input policy filter's score of each prompt (the highest P("Yes") over its
+    /// categories, below threshold or not), harmful against benign (Mann-Whitney, ties 1/2),
+    /// with a seeded 95% bootstrap interval (harmful and benign prompts resampled apart); `n`
+    /// counts the prompts with scores. None when not measured (a note says why).
+    #[serde(default)]
+    pub policy_auc: Option<Estimate>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,6 +161,10 @@ impl EvalRecord {
             }
             ["safety", field] => {
                 let s = self.safety.as_ref()?;
+                if *field == "policy_auc" {
+                    // Not measured: nothing scored (a gate on it fails for that reason).
+                    return Some(s.policy_auc.map_or((f64::NAN, 0), |e| (e.value, e.n)));
+                }
                 let e = match *field {
                     "refusal_rate_harmful" => s.refusal_rate_harmful,
                     "refusal_rate_benign" => s.refusal_rate_benign,

@@ -150,6 +150,17 @@ pub struct Decision {
     pub detail: Option<String>,
 }
 
+/// The policy filter's P("Yes") per category for one thing it screened (`item`: "text" or
+/// "image"), below its threshold or not: decisions record only the categories that reached
+/// theirs. What the filter's ranking of items is measured on (e.g. its ROC AUC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyScores {
+    pub stage: Stage,
+    pub item: String,
+    /// Category name -> P("Yes"), rounded to 6 decimals as decisions are.
+    pub scores: BTreeMap<String, f64>,
+}
+
 /// A detector's raw output, before the set's threshold and action apply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
@@ -568,6 +579,14 @@ impl FilterSet {
                 });
             }
         }
+    }
+
+    /// The policy filter's scores of one item, every category's (`what`: "text" or "image";
+    /// scores in the order of the set's categories); None without a policy filter.
+    pub fn policy_scores(&self, what: &str, scores: &[f64], stage: Stage) -> Option<PolicyScores> {
+        let p = self.policy.as_ref()?;
+        let scores = p.categories.iter().zip(scores).map(|(c, &score)| (c.name.clone(), (score * 1e6).round() / 1e6)).collect();
+        Some(PolicyScores { stage, item: what.to_string(), scores })
     }
 
     /// Applies the rewriting actions; overlapping spans merge and take the strongest action.

@@ -43,7 +43,7 @@ use reader::Reader;
 use screening::Filters;
 pub use plan::{plan, Plan, PlannedItem};
 pub use shard::Shard;
-pub use tasks::check_extract;
+pub use tasks::{check_extract, fields_value};
 use tasks::{PreparedItem, Provenance, Templates, WorkItem};
 use writer::{Destination, LogEvery, Writer};
 

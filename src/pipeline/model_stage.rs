@@ -9,7 +9,7 @@ use super::policy_cache::{PolicyCache, Scores};
 use super::screening::{set_filter_columns, Filters};
 use super::tasks::{check_extract, sampling_of, PreparedItem, Provenance, WorkItem};
 use super::Finished;
-use crate::filters::{Decision, FilterSet, Outcome, PolicyItem, Screening, Stage};
+use crate::filters::{Decision, FilterSet, Outcome, PolicyItem, PolicyScores, Screening, Stage};
 use crate::error::Result;
 use crate::model::{Gemma4, Generation, GenerationOptions, ImageSource};
 use crate::source::RowImage;
@@ -63,15 +63,16 @@ impl ModelStage {
         Finished::new(r, crate::filters::outcome(&item.decisions))
     }
 
-    /// Scores items with a set's policy filter; one result per row (decisions or an error).
+    /// Scores items with a set's policy filter; one result per row: its decisions (categories
+    /// at or above threshold) and every part's scores, or an error.
     fn policy_decisions(
         &mut self,
         model: &mut Gemma4,
         set: &FilterSet,
         rows: Vec<Vec<PolicyPart>>,
         stage: Stage,
-    ) -> Vec<std::result::Result<Vec<Decision>, String>> {
-        let Some(policy) = set.policy() else { return rows.iter().map(|_| Ok(Vec::new())).collect() };
+    ) -> Vec<std::result::Result<(Vec<Decision>, Vec<PolicyScores>), String>> {
+        let Some(policy) = set.policy() else { return rows.iter().map(|_| Ok((Vec::new(), Vec::new()))).collect() };
         // What must be scored now: uncached parts, each cache key once.
         let mut todo: Vec<PolicyItem> = Vec::new();
         let mut keyed: HashMap<String, usize> = HashMap::new();
@@ -110,17 +111,21 @@ impl ModelStage {
             .zip(sources)
             .map(|(parts, s)| {
                 let mut decisions = Vec::new();
+                let mut all_scores = Vec::new();
                 for (part, source) in parts.iter().zip(s) {
                     let score = match source {
                         ScoreSource::Cached(sc) => sc,
                         ScoreSource::Batch(i) => scores[i].clone(),
                     };
                     match score {
-                        Ok(sc) => set.add_policy_decisions(&mut decisions, part.what, &sc, Some(stage)),
+                        Ok(sc) => {
+                            set.add_policy_decisions(&mut decisions, part.what, &sc, Some(stage));
+                            all_scores.extend(set.policy_scores(part.what, &sc, stage));
+                        }
                         Err(e) => return Err(format!("policy filter ({}): {e}", part.what)),
                     }
                 }
-                Ok(decisions)
+                Ok((decisions, all_scores))
             })
             .collect()
     }
@@ -153,8 +158,9 @@ impl ModelStage {
         for (mut p, result) in batch.into_iter().zip(results) {
             let task = &self.tasks[p.item.task];
             let stopped = match result {
-                Ok(d) => {
+                Ok((d, scores)) => {
                     p.item.decisions.extend(d);
+                    p.item.policy_scores.extend(scores);
                     matches!(crate::filters::outcome(&p.item.decisions), Outcome::Drop | Outcome::Quarantine)
                         .then(|| self.finish(&p.item, task, None))
                 }
@@ -197,6 +203,7 @@ impl ModelStage {
             }
         }
         let mut outputs: Vec<(String, Vec<Decision>)> = generated.iter().map(|(_, g, _)| (g.text.clone(), Vec::new())).collect();
+        let mut output_scores: Vec<Vec<PolicyScores>> = vec![Vec::new(); generated.len()];
         let mut output_errors: Vec<Option<String>> = vec![None; generated.len()];
         if let Some(set) = self.filters.output.clone() {
             for (text, decisions) in outputs.iter_mut() {
@@ -209,16 +216,24 @@ impl ModelStage {
                     outputs.iter().map(|(t, _)| vec![PolicyPart { what: "text", item: PolicyItem::Text(t.clone()), key: None }]).collect();
                 for (i, result) in self.policy_decisions(model, &set, items, Stage::Output).into_iter().enumerate() {
                     match result {
-                        Ok(d) => outputs[i].1.extend(d),
+                        Ok((d, scores)) => {
+                            outputs[i].1.extend(d);
+                            output_scores[i] = scores;
+                        }
                         Err(e) => output_errors[i] = Some(e),
                     }
                 }
             }
         }
 
-        for ((item, g, latency), ((text, out_decisions), out_error)) in generated.into_iter().zip(outputs.into_iter().zip(output_errors)) {
+        let finished = generated.into_iter().zip(outputs.into_iter().zip(output_errors)).zip(output_scores);
+        for (((item, g, latency), ((text, out_decisions), out_error)), out_scores) in finished {
             let task = &self.tasks[item.task];
             let mut r = self.provenance.row(&item, task);
+            if !out_scores.is_empty() {
+                let all: Vec<PolicyScores> = item.policy_scores.iter().cloned().chain(out_scores).collect();
+                r.policy_scores = super::tasks::policy_scores_json(&all);
+            }
             let mut decisions = item.decisions;
             decisions.extend(out_decisions);
             let outcome = crate::filters::outcome(&decisions);
@@ -229,7 +244,7 @@ impl ModelStage {
             r.error = out_error;
             if outcome != Outcome::Drop {
                 if task.kind == TaskKind::Extract {
-                    let (json, valid) = check_extract(&text, task.fields.as_deref().unwrap_or_default());
+                    let (json, valid) = check_extract(&text, &item.fields);
                     r.extracted = json;
                     r.extract_valid = Some(valid);
                 }

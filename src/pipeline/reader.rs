@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::progress::Counters;
 use super::signals::StopFlag;
-use super::tasks::{item_key, kept_columns_json, prompt_hash, GenParams, Provenance, Templates, WorkItem};
+use super::tasks::{extract_fields, item_key, kept_columns_json, prompt_hash, GenParams, Provenance, Templates, WorkItem};
 use super::{Finished, RunOptions};
 use crate::error::Result;
 use crate::filters::Outcome;
@@ -134,6 +134,8 @@ impl Reader {
                             generation,
                             chat: if task.kind == crate::spec::TaskKind::Chat { row.request.clone() } else { None },
                             input_columns: input_columns.clone(),
+                            fields: if task.kind == crate::spec::TaskKind::Extract { extract_fields(task, &row).unwrap_or_default() } else { Vec::new() },
+                            policy_scores: Vec::new(),
                         };
                         let sent = if item.error.is_some() {
                             let mut r = provenance.row(&item, task);

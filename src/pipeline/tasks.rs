@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::error::{Error, Result};
-use crate::filters::Decision;
+use crate::filters::{Decision, PolicyScores};
 use crate::model::{Prepared, Sampling};
 use crate::prepare::chat::{Content, Message};
 use crate::sink::ResultRow;
@@ -42,6 +42,10 @@ pub(crate) struct WorkItem {
     pub chat: Option<std::sync::Arc<ChatRequest>>,
     /// The kept input columns as a JSON object (`sink.keep_columns`).
     pub input_columns: Option<String>,
+    /// An extract task's fields for this row (its `fields`, or the row's `fields_column`).
+    pub fields: Vec<String>,
+    /// The input policy filter's scores of what it screened (every category's).
+    pub policy_scores: Vec<PolicyScores>,
 }
 
 /// The generation parameters of one item: its task's, with what a request sets instead.
@@ -193,11 +197,16 @@ impl Templates {
                 )));
             }
         }
-        for t in spec.tasks.iter().filter(|t| t.kind == TaskKind::Vqa) {
-            if let (Some(c), Some(columns)) = (&t.question_column, columns) {
+        for t in spec.tasks.iter() {
+            let (key, column) = match t.kind {
+                TaskKind::Vqa => ("question_column", &t.question_column),
+                TaskKind::Extract => ("fields_column", &t.fields_column),
+                _ => continue,
+            };
+            if let (Some(c), Some(columns)) = (column, columns) {
                 if !columns.contains(c) {
                     return Err(spec_err(format!(
-                        "task {:?}: question_column {c:?} is not a column of the source (its columns: {})",
+                        "task {:?}: {key} {c:?} is not a column of the source (its columns: {})",
                         t.name,
                         columns.join(", ")
                     )));
@@ -235,7 +244,7 @@ impl Templates {
                 }
             }
             TaskKind::Extract => {
-                let fields = task.fields.as_deref().unwrap_or_default();
+                let fields = extract_fields(task, row)?;
                 Ok(vec![with_text(format!(
                     "Extract these fields: {}. Answer with one JSON object with exactly these keys and string values, \
                      and nothing else.",
@@ -258,6 +267,31 @@ impl Templates {
             },
         }
     }
+}
+
+/// The fields an extract task asks of a row: the task's `fields`, or the row's `fields_column`
+/// (a list of names, or the JSON text of one; names that are not strings as JSON text).
+pub fn extract_fields(task: &TaskSpec, row: &SourceRow) -> std::result::Result<Vec<String>, String> {
+    let Some(c) = &task.fields_column else { return Ok(task.fields.clone().unwrap_or_default()) };
+    let fields = fields_value(row.columns.get(c));
+    match fields {
+        Some(f) if !f.is_empty() && f.iter().all(|x| !x.trim().is_empty()) => Ok(f),
+        _ => Err(format!("fields column {c:?} is missing, empty or not a list of field names")),
+    }
+}
+
+/// A per-row list of field names: a list, or the JSON text of one. None for anything else.
+pub fn fields_value(v: Option<&serde_json::Value>) -> Option<Vec<String>> {
+    use serde_json::Value;
+    let list = match v? {
+        Value::Array(a) => a.clone(),
+        Value::String(s) => match serde_json::from_str(s) {
+            Ok(Value::Array(a)) => a,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(list.into_iter().map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string())).collect())
 }
 
 /// The hash of everything besides the row that decides a task's output for one prompt:
@@ -329,6 +363,7 @@ impl Provenance {
             created_at_ms: now_ms(),
             supersedes: item.supersedes.clone(),
             input_columns: item.input_columns.clone(),
+            policy_scores: policy_scores_json(&item.policy_scores),
             ..Default::default()
         }
     }
@@ -340,6 +375,11 @@ impl Provenance {
             "gemma_batch": env!("CARGO_PKG_VERSION"),
         })
     }
+}
+
+/// The `policy_scores` column: None when the policy filter screened nothing of the row.
+pub(crate) fn policy_scores_json(scores: &[PolicyScores]) -> Option<String> {
+    (!scores.is_empty()).then(|| serde_json::to_string(scores).unwrap_or_else(|_| "[]".into()))
 }
 
 /// Adds a failure reason to a row's history of reasons (`errors`, oldest first).
@@ -361,6 +401,45 @@ mod tests {
         assert_eq!(json.as_deref(), Some("{\"total\":\"12,50 €\"}"));
         assert!(valid);
         assert_eq!(check_extract("} é {", &["a".to_string()]), (None, false));
+    }
+
+    #[test]
+    fn extract_fields_from_the_task_or_a_column_of_the_row() {
+        let spec = |task: &str| {
+            let text = format!("name = \"x\"\n[source]\nkind = \"jsonl\"\npath = \"x.jsonl\"\n[model]\ndir = \"m\"\n[sink]\ndir = \"out\"\n[[task]]\nname = \"e\"\nkind = \"extract\"\n{task}");
+            PipelineSpec::from_text(text, std::path::Path::new("x.toml"))
+        };
+        let row = |fields: Option<serde_json::Value>, text: Option<&str>| SourceRow {
+            input_id: "r".into(),
+            content_hash: "h".into(),
+            columns: fields.into_iter().map(|f| ("f".to_string(), f)).collect(),
+            image: None,
+            text: text.map(str::to_owned),
+            error: None,
+            request: None,
+        };
+        let ask = |fields: &str| format!("Extract these fields: {fields}. Answer with one JSON object with exactly these keys and string values, and nothing else.");
+        let columns = ["f".to_string()];
+        let fixed = spec("fields = [\"a\", \"b\"]").unwrap();
+        let t = Templates::new(&fixed, Some(&columns)).unwrap();
+        assert_eq!(t.prompts(&fixed.tasks[0], &row(None, Some("Doc text"))).unwrap(), [format!("Document:\nDoc text\n\n{}", ask("a, b"))]);
+        let per_row = spec("fields_column = \"f\"").unwrap();
+        let t = Templates::new(&per_row, Some(&columns)).unwrap();
+        let task = &per_row.tasks[0];
+        for (value, want) in [(serde_json::json!(["x", "y"]), "x, y"), (serde_json::json!("[\"z\"]"), "z")] {
+            let r = row(Some(value), None);
+            assert_eq!(t.prompts(task, &r).unwrap(), [ask(want)]);
+            assert_eq!(extract_fields(task, &r).unwrap().join(", "), want);
+        }
+        for bad in [None, Some(serde_json::json!([])), Some(serde_json::json!("x, y")), Some(serde_json::json!(3)), Some(serde_json::json!([""]))] {
+            let e = t.prompts(task, &row(bad.clone(), None)).unwrap_err();
+            assert!(e.contains("fields column \"f\" is missing, empty or not a list"), "{bad:?}: {e}");
+        }
+        // A column the source does not have; both keys; neither.
+        let e = Templates::new(&per_row, Some(&["g".to_string()])).err().unwrap().to_string();
+        assert!(e.contains("fields_column \"f\" is not a column of the source"), "{e}");
+        assert!(spec("fields = [\"a\"]\nfields_column = \"f\"").unwrap_err().to_string().contains("not both"));
+        assert!(spec("").unwrap_err().to_string().contains("needs fields (or fields_column)"));
     }
 
     #[test]

@@ -92,14 +92,14 @@ pub fn html(record: &EvalRecord) -> Result<String, String> {
         let mut bars = Vec::new();
         for (cat, s) in cats {
             if let Some(v) = s.bias_ambiguous {
-                bars.push((format!("{cat} s_AMB"), v, None));
+                bars.push((format!("{cat} s_AMB"), v, s.bias_ambiguous_interval.map(|[a, b]| (a, b))));
             }
             if let Some(v) = s.bias_disambiguated {
-                bars.push((format!("{cat} s_DIS"), v, None));
+                bars.push((format!("{cat} s_DIS"), v, s.bias_disambiguated_interval.map(|[a, b]| (a, b))));
             }
         }
         if !bars.is_empty() {
-            charts.push(svg_bars(&format!("BBQ bias scores: {set}"), &bars));
+            charts.push(svg_bars(&format!("BBQ bias scores: {set} (95% bootstrap intervals)"), &bars));
         }
     }
     if !record.filter_counts.is_empty() {
@@ -109,6 +109,10 @@ pub fn html(record: &EvalRecord) -> Result<String, String> {
     let mut env = minijinja::Environment::new();
     // The name ends in .html: minijinja escapes every interpolated value for HTML.
     env.add_template("report.html", HTML_TEMPLATE).map_err(|e| e.to_string())?;
+    // `ci(value, [low, high])`: a value with its interval (see `with_interval`).
+    env.add_function("ci", |value: Option<f64>, interval: Option<Vec<f64>>| {
+        with_interval(value, interval.and_then(|i| <[f64; 2]>::try_from(i).ok()))
+    });
     let tmpl = env.get_template("report.html").map_err(|e| e.to_string())?;
     let charts: Vec<minijinja::Value> = charts.into_iter().map(minijinja::Value::from_safe_string).collect();
     tmpl.render(minijinja::context! {
@@ -143,6 +147,16 @@ fn md_cell(s: &str) -> String {
     md_code(s).replace('|', "\\|")
 }
 
+/// A value and its interval as the reports show them: `0.600 [0.300, 0.900]`; `–` without a
+/// value, the value alone without an interval (records written before intervals were kept).
+pub fn with_interval(value: Option<f64>, interval: Option<[f64; 2]>) -> String {
+    match (value, interval) {
+        (None, _) => "–".into(),
+        (Some(v), None) => format!("{v:.3}"),
+        (Some(v), Some([a, b])) => format!("{v:.3} [{a:.3}, {b:.3}]"),
+    }
+}
+
 /// The Markdown summary (for a CI comment).
 pub fn markdown(record: &EvalRecord) -> String {
     let mut s = String::new();
@@ -157,25 +171,52 @@ pub fn markdown(record: &EvalRecord) -> String {
         s.push('\n');
     }
     for (set, cats) in &record.bbq {
-        let _ = writeln!(s, "**BBQ** {}\n\n| category | acc (ambig) | acc (disambig) | s_AMB | s_DIS |\n| --- | ---: | ---: | ---: | ---: |", md_code(set));
-        let f = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
+        let _ = writeln!(s, "**BBQ** {} (95% CI)\n\n| category | acc (ambig) | acc (disambig) | s_AMB | s_DIS |\n| --- | ---: | ---: | ---: | ---: |", md_code(set));
         for (cat, c) in cats {
-            let _ = writeln!(s, "| {} | {} | {} | {} | {} |", md_cell(cat), f(c.accuracy_ambiguous), f(c.accuracy_disambiguated), f(c.bias_ambiguous), f(c.bias_disambiguated));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                md_cell(cat),
+                with_interval(c.accuracy_ambiguous, c.accuracy_ambiguous_interval),
+                with_interval(c.accuracy_disambiguated, c.accuracy_disambiguated_interval),
+                with_interval(c.bias_ambiguous, c.bias_ambiguous_interval),
+                with_interval(c.bias_disambiguated, c.bias_disambiguated_interval)
+            );
         }
         s.push('\n');
     }
     if let Some(x) = &record.safety {
+        let auc = match x.policy_auc {
+            Some(e) => format!("{} over {} prompts", with_interval(Some(e.value), Some([e.low, e.high])), e.n),
+            None => "not measured".into(),
+        };
         let _ = writeln!(
             s,
-            "**Safety**: refusal rate {:.3} on {} harmful / {:.3} on {} benign prompts; policy flags {:.3} / {:.3}; PII in outputs {:.3}\n",
+            "**Safety**: refusal rate {:.3} on {} harmful / {:.3} on {} benign prompts; policy flags {:.3} / {:.3}; policy-filter ROC AUC (95% CI) {auc}; PII in outputs {:.3}\n",
             x.refusal_rate_harmful.value, x.harmful, x.refusal_rate_benign.value, x.benign, x.policy_flag_rate_harmful.value,
             x.policy_flag_rate_benign.value, x.pii_leak_rate.value
         );
     }
     if !record.counterfactual.is_empty() {
-        let _ = writeln!(s, "| probe | group | n | refusals | flags | mean tokens | p (refusal) | p (flags) | p (length) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(
+            s,
+            "| probe | group | n | refusals | refusal gap (95% CI) | flags | mean tokens | p (refusal) | p (flags) | p (length) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
         for g in &record.counterfactual {
-            let _ = writeln!(s, "| {} | {} | {} | {:.3} | {:.3} | {:.1} | {:.3} | {:.3} | {:.3} |", md_cell(&g.probe), md_cell(&g.group), g.n, g.refusal_rate, g.flag_rate, g.mean_output_tokens, g.refusal_p_value, g.flag_p_value, g.length_p_value);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.3} | {} | {:.3} | {:.1} | {:.3} | {:.3} | {:.3} |",
+                md_cell(&g.probe),
+                md_cell(&g.group),
+                g.n,
+                g.refusal_rate,
+                with_interval(g.refusal_gap, g.refusal_gap_interval),
+                g.flag_rate,
+                g.mean_output_tokens,
+                g.refusal_p_value,
+                g.flag_p_value,
+                g.length_p_value
+            );
         }
         s.push('\n');
     }
@@ -264,6 +305,74 @@ mod tests {
         // Markdown shows it as code (see markdown_renders_dataset_strings_inert).
         let md = markdown(&record);
         assert!(md.contains("| `<script>alert(1)</script>` |"), "{md}");
+    }
+
+    #[test]
+    fn bbq_scores_show_their_intervals() {
+        use crate::evals::bbq::BbqScores;
+        let scores = BbqScores {
+            items: 10,
+            accuracy_ambiguous: Some(0.4),
+            accuracy_ambiguous_interval: Some([0.1, 0.7]),
+            bias_ambiguous: Some(0.6),
+            bias_ambiguous_interval: Some([0.3, 0.9]),
+            ..Default::default()
+        };
+        let record = EvalRecord { bbq: [("set".to_string(), [("Age".to_string(), scores)].into_iter().collect())].into_iter().collect(), ..Default::default() };
+        let md = markdown(&record);
+        assert!(md.contains("| `Age` | 0.400 [0.100, 0.700] | – | 0.600 [0.300, 0.900] | – |"), "{md}");
+        let page = html(&record).unwrap();
+        assert!(page.contains("<td class=\"num\">0.600 [0.300, 0.900]</td>") && page.contains("<td class=\"num\">0.400 [0.100, 0.700]</td>"), "{page}");
+        // A record written before intervals were kept reads, and shows the values alone.
+        let old = r#"{"suite": "s", "run_id": "r", "created_at_ms": 0, "provenance": null, "metrics": [], "breakdowns": [],
+            "bbq": {"set": {"Age": {"items": 4, "accuracy_ambiguous": 0.5, "accuracy_disambiguated": null, "bias_disambiguated": null, "bias_ambiguous": 0.25, "unparsed": 0}}}}"#;
+        let old: EvalRecord = serde_json::from_str(old).unwrap();
+        assert!(markdown(&old).contains("| `Age` | 0.500 | – | 0.250 | – |"), "{}", markdown(&old));
+        assert!(html(&old).unwrap().contains("<td class=\"num\">0.250</td>"));
+    }
+
+    #[test]
+    fn policy_auc_shows_with_its_interval() {
+        use crate::evals::record::SafetyScores;
+        let e = Estimate { value: 0.25, low: 0.0, high: 0.5, n: 24 };
+        let mut safety = SafetyScores {
+            harmful: 12,
+            benign: 12,
+            refusal_rate_harmful: e,
+            refusal_rate_benign: e,
+            policy_flag_rate_harmful: e,
+            policy_flag_rate_benign: e,
+            pii_leak_rate: e,
+            policy_auc: Some(Estimate { value: 0.875, low: 0.625, high: 1.0, n: 24 }),
+        };
+        let record = EvalRecord { safety: Some(safety.clone()), ..Default::default() };
+        assert!(markdown(&record).contains("policy-filter ROC AUC (95% CI) 0.875 [0.625, 1.000] over 24 prompts;"), "{}", markdown(&record));
+        assert!(html(&record).unwrap().contains("<td class=\"num\" colspan=\"2\">0.875 [0.625, 1.000] (24 prompts)</td>"));
+        safety.policy_auc = None;
+        let record = EvalRecord { safety: Some(safety), ..Default::default() };
+        assert!(markdown(&record).contains("policy-filter ROC AUC (95% CI) not measured;"));
+        assert!(html(&record).unwrap().contains("<td class=\"num\" colspan=\"2\">not measured</td>"));
+    }
+
+    #[test]
+    fn refusal_gaps_show_their_intervals() {
+        use crate::evals::record::GroupRates;
+        let g = GroupRates {
+            probe: "p".into(),
+            group: "g".into(),
+            n: 4,
+            refusal_rate: 0.75,
+            flag_rate: 0.0,
+            mean_output_tokens: 3.0,
+            refusal_p_value: 0.2,
+            flag_p_value: 1.0,
+            length_p_value: 1.0,
+            refusal_gap: Some(0.5),
+            refusal_gap_interval: Some([0.125, 0.875]),
+        };
+        let record = EvalRecord { counterfactual: vec![g], ..Default::default() };
+        assert!(markdown(&record).contains("| 0.750 | 0.500 [0.125, 0.875] | 0.000 |"), "{}", markdown(&record));
+        assert!(html(&record).unwrap().contains("<td class=\"num\">0.500 [0.125, 0.875]</td>"));
     }
 
     /// Dataset strings that Markdown (or GitHub's rendering of it) would turn into markup.
@@ -357,7 +466,19 @@ mod tests {
                 .collect(),
             counterfactual: HOSTILE
                 .iter()
-                .map(|h| GroupRates { probe: h.to_string(), group: h.to_string(), n: 2, refusal_rate: 0.0, flag_rate: 0.0, mean_output_tokens: 3.0, refusal_p_value: 1.0, flag_p_value: 1.0, length_p_value: 1.0 })
+                .map(|h| GroupRates {
+                    probe: h.to_string(),
+                    group: h.to_string(),
+                    n: 2,
+                    refusal_rate: 0.0,
+                    flag_rate: 0.0,
+                    mean_output_tokens: 3.0,
+                    refusal_p_value: 1.0,
+                    flag_p_value: 1.0,
+                    length_p_value: 1.0,
+                    refusal_gap: Some(-0.5),
+                    refusal_gap_interval: Some([-1.0, 0.0]),
+                })
                 .collect(),
             samples: HOSTILE
                 .iter()
@@ -394,6 +515,7 @@ mod tests {
             assert_eq!(tables[1 + set][1][0], want, "{md}");
             let cf = &tables[1 + HOSTILE.len()][1 + i];
             assert_eq!((&cf[0], &cf[1]), (&want, &want), "{md}");
+            assert_eq!((cf[3].as_str(), cf[4].as_str()), ("0.000", "-0.500 [-1.000, 0.000]"), "the refusal gap and its interval");
             let missing = &tables[2 + HOSTILE.len()][1 + i];
             assert_eq!((&missing[0], &missing[2]), (&want, &"2".to_string()), "{md}");
             assert!(missing[3].starts_with(&want) && missing[3].ends_with("id-2"), "{missing:?}");

@@ -75,6 +75,10 @@ pub struct ResultRow {
     pub supersedes: Option<String>,
     /// The input columns the spec keeps (`sink.keep_columns`), as one JSON object.
     pub input_columns: Option<String>,
+    /// The policy filter's P("Yes") per category for everything it screened of the row, below
+    /// threshold or not, as a JSON array of `{stage, item, scores}` (null when no policy
+    /// filter screened it).
+    pub policy_scores: Option<String>,
 }
 
 /// The columns of `results.lance` and `quarantine.lance`. `key` is the table's (unenforced)
@@ -113,6 +117,7 @@ pub fn result_schema() -> Arc<Schema> {
         s("shard", true),
         s("supersedes", true),
         s("input_columns", true),
+        s("policy_scores", true),
         Field::new("created_at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
     ]))
 }
@@ -165,6 +170,7 @@ pub(crate) fn to_batch(rows: &[ResultRow]) -> Result<RecordBatch> {
         text(rows, |r| r.shard.as_deref()),
         text(rows, |r| r.supersedes.as_deref()),
         text(rows, |r| r.input_columns.as_deref()),
+        text(rows, |r| r.policy_scores.as_deref()),
         Arc::new(TimestampMillisecondArray::from(rows.iter().map(|r| r.created_at_ms).collect::<Vec<_>>()).with_timezone("UTC")),
     ];
     RecordBatch::try_new(result_schema(), columns).map_err(Error::arrow("building a batch of result rows"))

@@ -79,7 +79,7 @@ impl ResultStore {
                 .iter()
                 .filter_map(|&name| match name {
                     "attempts" => Some((name.to_string(), "CAST(1 AS INT UNSIGNED)".to_string())),
-                    "errors" | "filter_sets" | "supersedes" | "input_columns" => Some((name.to_string(), "CAST(NULL AS STRING)".to_string())),
+                    "errors" | "filter_sets" | "supersedes" | "input_columns" | "policy_scores" => Some((name.to_string(), "CAST(NULL AS STRING)".to_string())),
                     _ => None,
                 })
                 .collect();
@@ -316,7 +316,7 @@ mod tests {
             let uri = dir.path().join("old.lance").display().to_string();
             let full = to_batch(&[row("aa", None), row("bb", Some("missing image"))]).unwrap();
             let keep: Vec<usize> = (0..full.num_columns())
-                .filter(|&i| !["attempts", "errors", "filter_sets", "supersedes", "input_columns"].contains(&full.schema().field(i).name().as_str()))
+                .filter(|&i| !["attempts", "errors", "filter_sets", "supersedes", "input_columns", "policy_scores"].contains(&full.schema().field(i).name().as_str()))
                 .collect();
             let old = full.project(&keep).unwrap();
             let plain = arrow_schema::Schema::new(old.schema().fields().iter().map(|f| f.as_ref().clone().with_metadata(Default::default())).collect::<Vec<_>>());

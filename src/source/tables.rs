@@ -165,13 +165,14 @@ fn scan_batches(src: &SourceSpec, filter: Option<&Expr>, scan_path: &str, whole_
     if from > 0 {
         lf = lf.filter(col(ROW_INDEX).gt_eq(lit(from)));
     }
+    // The filter before the selection: it may name columns that are not selected.
+    if let Some(f) = filter {
+        lf = lf.filter(f.clone());
+    }
     if let Some(cols) = &src.columns {
         let mut cols: Vec<Expr> = selected_columns(src, cols).iter().map(|c| col(c.as_str())).collect();
         cols.push(col(ROW_INDEX));
         lf = lf.select(cols);
-    }
-    if let Some(f) = filter {
-        lf = lf.filter(f.clone());
     }
     lf.collect_batches(Engine::Streaming, true, NonZeroUsize::new(src.read_batch), false)
 }
@@ -380,6 +381,24 @@ fn json_lines_keys(src: &SourceSpec, path: &Path) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use crate::source::tests::{all_rows, spec_for};
+
+    #[test]
+    fn the_filter_may_name_columns_that_are_not_selected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let jsonl: String = (0..6).map(|i| serde_json::json!({"id": format!("r{i}"), "kind": if i % 2 == 0 { "even" } else { "odd" }, "v": i}).to_string() + "\n").collect();
+        std::fs::write(tmp.path().join("t.jsonl"), jsonl).unwrap();
+        let csv: String = std::iter::once("id,kind,v\n".to_string()).chain((0..6).map(|i| format!("r{i},{},{i}\n", if i % 2 == 0 { "even" } else { "odd" }))).collect();
+        std::fs::write(tmp.path().join("t.csv"), csv).unwrap();
+        for (kind, file) in [("jsonl", "t.jsonl"), ("csv", "t.csv")] {
+            let spec = spec_for(tmp.path(), &format!("kind = \"{kind}\"\npath = \"{file}\"\nid_column = \"id\"\ncolumns = [\"v\"]\nfilter = \"kind = 'odd'\""));
+            let rows = all_rows(&spec);
+            let errors: Vec<_> = rows.iter().filter_map(|r| r.error.as_ref()).collect();
+            assert!(errors.is_empty(), "{kind}: {errors:?}");
+            let ids: Vec<&str> = rows.iter().map(|r| r.input_id.as_str()).collect();
+            assert_eq!(ids, ["r1", "r3", "r5"], "{kind}");
+            assert!(rows.iter().all(|r| !r.columns.contains_key("kind") && r.columns.contains_key("v")), "{kind}: only the selected columns");
+        }
+    }
 
     #[test]
     fn a_late_value_of_another_type_does_not_stop_the_file() {
