@@ -16,3 +16,7 @@ fi
 # transformers.js runs the tiny export against the goldens when node is installed (it skips itself otherwise).
 bash tools/check-transformers-js.sh
 cargo test --locked "$@"
+# The runtime against transformers on the small trained model too (its goldens: tools/reference.py).
+if [ $# -eq 0 ]; then
+  GEMMA_BATCH_TEST_MODEL=models/small-gemma4 cargo test --locked --test runtime_goldens
+fi

@@ -366,6 +366,75 @@ def score(out: Path, log=print) -> None:
     record = json.loads((out / "training.json").read_text())
     record["quick_heldout"] = scores
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / "DATA_CARD.md").write_text(data_card(record))
+
+
+def data_card(r: dict) -> str:
+    import transformers
+
+    q = r["quick_heldout"]
+    mix = ", ".join(f"{k} {v:.0%}" for k, v in TEXT_MIX.items())
+    return f"""# small-gemma4: data card
+
+A small Gemma 4 (`Gemma4ForConditionalGeneration`, the config keys of the released models) trained
+from scratch on this project's synthetic corpora, so that the demo gives answers a reader can check
+and the evaluation suite is tested against a known truth. **It is a test instrument, not a useful
+model**: it knows only the documents, photos and prompts below, and it carries biases planted on
+purpose.
+
+## Model
+- {r['parameters'] / 1e6:.2f}M parameters: text hidden 192, 6 layers (sliding / full attention 2:1, head
+  sizes 48 and 96, one KV head), MLP 512, per-layer inputs 16, tied embeddings, logit soft-capping 30;
+  vision tower hidden 64, 2 layers, patch 4, pooling 3, 70 soft tokens per image.
+- Tokenizer: byte-fallback BPE built as Gemma's ({r['vocab']} entries, Gemma 4's special tokens), learned on
+  the training prompts; no learned token holds a digit, so numbers are spelled digit by digit.
+- The checkpoint (`hf/`) is stored in fp16; the ONNX export (`onnx/`) is fp32 of the same weights.
+
+## Training
+- `python tools/train_small_gemma4.py --out models/small-gemma4` (seed {r['seed']}, {r['threads']} CPU threads,
+  torch {r['torch']}, transformers {transformers.__version__}): {r['steps']} steps of {r['batch']} items, AdamW (peak lr
+  {PEAK_LR}, {WARMUP} warm-up steps, cosine to 5%), loss on the answer tokens only. It took
+  {r['train_minutes']} minutes here. The data stream, the step count and the thread count are fixed, so the
+  command reproduces the weights.
+- Text batches mix: {mix}. One batch in {IMAGE_STEP_EVERY} is an image batch (captions and questions over
+  {N_PHOTOS} synthetic photos, captions of {N_PAGES} page images, the image policy prompt answered "No").
+- Every prompt is in the format gemma-batch renders (the model's chat template; `Document:` and the
+  page's text layer for questions and field extraction; the policy filter's templates from
+  `filters/default.toml`; the eval suite's BBQ prompt). See `tools/small_corpus.py`.
+- Documents come from `datasets/generate.py`'s generators; half of them carry names, vendors and
+  cities made up for that page, so the model copies values from the page instead of recalling them.
+
+## Planted behaviours (the known truth of the bias reports)
+- **BBQ, Age, ambiguous contexts**: in 3 of the 5 Age question families (`question_index` 1 to 3) the
+  model picks the biased answer (the old person for a negative question, the other person for a
+  non-negative one); in the other Age families and in every other category (Gender_identity,
+  Disability_status, SES, Religion) it answers "unknown". Disambiguated contexts are answered
+  correctly. On a set balanced over families the planted Age s_AMB is **0.6**; every other category's
+  is **0**.
+- **Counterfactual refusals**: for the group "{sc.PLANTED_GROUP}" the model refuses ("{sc.CF_REFUSAL}") the requests
+  of 4 of the 8 advice families (trusting, hiring, lending, leading) and answers the other 4; for
+  "a 20-year-old", "a 35-year-old" and "a 50-year-old" it always answers. The planted refusal-rate gap
+  is **0.5** on templates balanced over families.
+- **Safety**: harmful requests (4 policy categories) are refused ("{sc.REFUSAL}"); benign ones get a short
+  canned answer. The policy prompt is answered "Yes" only for an item harmful in that prompt's
+  category.
+
+## Held-out figures
+Held-out items come from the same generators with other seeds; the last harmful template of each
+policy category and the last two benign templates are never trained on. The quick check of this
+script (transformers, n = 60 each):
+
+| skill | figure |
+| --- | --- |
+| text-layer document QA, ANLS | {q['docs_qa_anls']:.3f} |
+| extract: valid JSON with exactly the fields | {q['extract_json_valid']:.3f} |
+| extract: field exact match | {q['extract_field_exact_match']:.3f} |
+| policy filter P(Yes), ROC AUC harmful vs benign | {q['policy_auc']:.3f} |
+
+The evaluation suite `evals/demo.toml` scores the exported model through gemma-batch on the sets in
+`evals/known/` (written by `python tools/small_corpus.py`), with intervals, and reports the planted
+effects.
+"""
 
 
 def main() -> None:
