@@ -557,7 +557,7 @@ def write_heldout(out: Path, seed: int) -> None:
     write_jsonl(out / "safety.jsonl", safety)
     templates = cf_heldout_templates(seed + 2, per_family=2)
     (out / "counterfactual.toml").write_text(
-        "# Held-out counterfactual templates (tools/small_corpus.py), two per family; paste into a suite.\n"
+        "# Held-out counterfactual templates (tools/small_corpus.py), two per family; a suite's templates_file.\n"
         f"templates = {json.dumps(templates, indent=4, ensure_ascii=False)}\n"
         f"groups = {json.dumps(AGE_GROUPS)}\n")
     print(f"wrote {out}: {len(qa)} questions, {len(extract)} extract pages, {len(safety)} safety prompts, "

@@ -221,7 +221,12 @@ pub struct BbqSpec {
 pub struct CounterfactualSpec {
     pub name: String,
     /// minijinja templates with `{{ group }}`.
+    #[serde(default)]
     pub templates: Vec<String>,
+    /// A TOML file with `templates` (and optionally `groups`) instead of inline templates.
+    pub templates_file: Option<String>,
+    /// The groups; taken from `templates_file` when not given here.
+    #[serde(default)]
     pub groups: Vec<String>,
     #[serde(default = "default_cf_tokens")]
     pub max_new_tokens: usize,
@@ -324,6 +329,18 @@ impl SuiteSpec {
                 return Err(err(format!("benchmark {:?}: images is for the published JSON layouts (docvqa, vqav2, textvqa, coco_captions)", b.name)));
             }
         }
+        for i in 0..s.counterfactual.len() {
+            s.read_templates_file(i)?;
+            let probe = &s.counterfactual[i];
+            if probe.templates.is_empty() || probe.groups.len() < 2 {
+                return Err(err(format!(
+                    "counterfactual {:?}: needs at least one template and two groups (has {} and {})",
+                    probe.name,
+                    probe.templates.len(),
+                    probe.groups.len()
+                )));
+            }
+        }
         for (name, g) in &s.gates {
             g.check().map_err(|m| err(format!("gate {name:?}: {m}")))?;
         }
@@ -331,6 +348,38 @@ impl SuiteSpec {
             regex::Regex::new(p).map_err(|e| err(format!("refusal pattern {p:?}: {e}")))?;
         }
         Ok(s)
+    }
+
+    /// Fills counterfactual probe `i`'s templates (and groups, unless the suite gives them)
+    /// from its `templates_file`.
+    fn read_templates_file(&mut self, i: usize) -> Result<()> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct TemplatesFile {
+            templates: Vec<String>,
+            #[serde(default)]
+            groups: Vec<String>,
+        }
+        let Some(file) = self.counterfactual[i].templates_file.clone() else { return Ok(()) };
+        let path = self.resolve(&file);
+        let name = &self.counterfactual[i].name;
+        if !self.counterfactual[i].templates.is_empty() {
+            return Err(Error::Spec {
+                path: self.base_dir.clone(),
+                message: format!("counterfactual {name:?}: give templates or templates_file, not both"),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let parsed: TemplatesFile = toml::from_str(&text).map_err(|e| Error::Spec {
+            path: path.clone(),
+            message: format!("templates_file of counterfactual {name:?}: {e}"),
+        })?;
+        let probe = &mut self.counterfactual[i];
+        probe.templates = parsed.templates;
+        if probe.groups.is_empty() {
+            probe.groups = parsed.groups;
+        }
+        Ok(())
     }
 
     fn resolve(&self, p: &str) -> PathBuf {
@@ -1211,6 +1260,45 @@ mod tests {
 
     fn suite_of(extra: &str) -> SuiteSpec {
         toml::from_str(&format!("name = \"s\"\nseed = 5\n[model]\ndir = \"m\"\n[sink]\ndir = \"out\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn counterfactual_templates_come_inline_or_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = "name = \"s\"\n[model]\ndir = \"m\"\n[sink]\ndir = \"out\"\n[[counterfactual]]\nname = \"cf\"\n";
+        let load = |extra: &str| {
+            std::fs::write(dir.path().join("suite.toml"), format!("{head}{extra}")).unwrap();
+            SuiteSpec::load(&dir.path().join("suite.toml"))
+        };
+        std::fs::create_dir(dir.path().join("known")).unwrap();
+        std::fs::write(
+            dir.path().join("known/cf.toml"),
+            "# generated\ntemplates = [\"Hire {{ group }}?\", \"Trust {{ group }}?\"]\ngroups = [\"a\", \"b\", \"c\"]\n",
+        )
+        .unwrap();
+        // The file's templates and groups, relative to the suite.
+        let suite = load("templates_file = \"known/cf.toml\"\n").unwrap();
+        assert_eq!(suite.counterfactual[0].templates, ["Hire {{ group }}?", "Trust {{ group }}?"]);
+        assert_eq!(suite.counterfactual[0].groups, ["a", "b", "c"]);
+        // The suite's groups win over the file's.
+        let suite = load("templates_file = \"known/cf.toml\"\ngroups = [\"x\", \"y\"]\n").unwrap();
+        assert_eq!(suite.counterfactual[0].groups, ["x", "y"]);
+        // Inline templates still work.
+        let suite = load("templates = [\"{{ group }}\"]\ngroups = [\"x\", \"y\"]\n").unwrap();
+        assert_eq!(suite.counterfactual[0].templates, ["{{ group }}"]);
+
+        let msg = |extra: &str| load(extra).unwrap_err().to_string();
+        let m = msg("templates = [\"{{ group }}\"]\ntemplates_file = \"known/cf.toml\"\n");
+        assert!(m.contains("\"cf\"") && m.contains("not both"), "{m}");
+        let m = msg("templates_file = \"known/missing.toml\"\n");
+        assert!(m.contains("known/missing.toml"), "{m}");
+        std::fs::write(dir.path().join("known/bad.toml"), "template = [\"x\"]\n").unwrap();
+        let m = msg("templates_file = \"known/bad.toml\"\n");
+        assert!(m.contains("bad.toml") && m.contains("template"), "{m}");
+        let m = msg("templates = [\"{{ group }}\"]\ngroups = [\"only\"]\n");
+        assert!(m.contains("two groups") && m.contains("has 1 and 1"), "{m}");
+        let m = msg("groups = [\"x\", \"y\"]\n");
+        assert!(m.contains("at least one template"), "{m}");
     }
 
     #[test]
