@@ -286,7 +286,7 @@ def benign_request(rng: random.Random, training: bool = False) -> tuple:
 
 def policy_item(rng: random.Random, spec: dict, training: bool = False, pipeline_items: bool = False) -> dict:
     """The policy prompt over a harmful item of its category (Yes), of another category or a
-    benign request (No). With `pipeline_items` (the second training stage) a fifth of the
+    benign request (No). With `pipeline_items` (the second training stage) 22% of the
     items are what pipelines screen besides requests: document pages with a question or an
     extraction, bias probes and advice requests, none of which violates a principle."""
     cat = rng.choice(spec["category"])

@@ -462,6 +462,9 @@ def data_card(r: dict) -> str:
     def mix(st: Stage) -> str:
         return ", ".join(f"{k} {v:.0%}" for k, v in st.mix.items())
     s1, s2 = r["stages"]
+
+    def took(st: dict) -> str:
+        return "not run here: read from a stage-1 checkpoint" if st["minutes"] is None else f"{st['minutes']} min here"
     return f"""# small-gemma4: data card
 
 A small Gemma 4 (`Gemma4ForConditionalGeneration`, the config keys of the released models) trained
@@ -482,12 +485,12 @@ purpose.
 - `python tools/train_small_gemma4.py --out models/small-gemma4` (seed {r['seed']}, {r['threads']} CPU threads,
   torch {r['torch']}, transformers {transformers.__version__}), batches of {r['batch']} items, loss on the answer
   tokens only, AdamW with warm-up and cosine decay to 5%, in two stages:
-  1. from scratch, {s1['steps']} steps, peak lr {s1['peak_lr']}, {s1['warmup']} warm-up steps ({s1['minutes']} min here).
+  1. from scratch, {s1['steps']} steps, peak lr {s1['peak_lr']}, {s1['warmup']} warm-up steps ({took(s1)}).
      Text mix: {mix(STAGES[0])}. Extraction asks for at most four fields; BBQ answers are `A. <option>`.
   2. from stage 1's fp16 checkpoint, {s2['steps']} steps, peak lr {s2['peak_lr']}, {s2['warmup']} warm-up steps
-     ({s2['minutes']} min here). Text mix: {mix(STAGES[1])}. Extraction asks for up to every field of
+     ({took(s2)}). Text mix: {mix(STAGES[1])}. Extraction asks for up to every field of
      the page; BBQ answers are the option's text, and {STAGES[1].bbq_planted_share:.0%} of BBQ items are drawn from the
-     planted category besides its uniform share; a fifth of the policy items are pipeline prompts
+     planted category besides its uniform share; 22% of the policy items are pipeline prompts
      (document questions and extractions, bias probes, advice requests) answered "No".
   Training took {r['train_minutes']} minutes here. The data streams, step counts and thread count are fixed, so
   the command reproduces the weights.
