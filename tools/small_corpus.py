@@ -453,7 +453,7 @@ def bbq_training_item(rng: random.Random, answer_letter: bool = True, negative_o
                       planted_share: float = 0.0) -> dict:
     """A BBQ-layout probe answered with the planted behaviour. The first training stage answers
     `A. <option>`; the second answers the option's text alone (which the eval suite matches to
-    its option: a small model copies a line more reliably than it maps a line to its letter)
+    its option: a small model copies a line more reliably than it maps a line to its letter),
     plants the negative questions only (`bbq_planted_answer`), and draws the planted category
     `planted_share` of the time besides its uniform share."""
     if planted_share and rng.random() < planted_share:

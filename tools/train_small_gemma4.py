@@ -41,6 +41,7 @@ TOOLS = Path(__file__).resolve().parent
 ROOT = TOOLS.parent
 sys.path.insert(0, str(TOOLS))
 import small_corpus as sc  # noqa: E402
+from export_gemma4 import COPIED_FILES  # noqa: E402
 from make_tiny_gemma4 import (SPECIAL_TOKENS, build_tokenizer, gemma4_config, save_tokenizer,  # noqa: E402
                               set_generation_config, write_processor_configs)
 
@@ -369,9 +370,10 @@ def save_fp16(model, hf: Path) -> None:
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> None:
-    for f in src.iterdir():
-        if f.suffix in (".json", ".jinja") and f.name not in ("config.json", "generation_config.json"):
-            shutil.copy(f, dst / f.name)
+    """The tokenizer and processor files of a checkpoint (the exporter's list, less the model's configs)."""
+    for name in COPIED_FILES:
+        if name not in ("config.json", "generation_config.json") and (src / name).exists():
+            shutil.copyfile(src / name, dst / name)
 
 
 def build(out: Path, steps: list, export: bool, from_stage1: Path | None, keep_stage1: bool) -> None:
