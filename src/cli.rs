@@ -529,7 +529,10 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) if matches!(e.downcast_ref::<crate::Error>(), Some(crate::Error::LeaseHeld(_))) => {
-            eprintln!("gemma-batch: {e}");
+            // The lease's own message (who holds it, what to do), not a context around it such
+            // as eval's "running SUITE".
+            let held = e.downcast_ref::<crate::Error>().map_or_else(|| e.to_string(), ToString::to_string);
+            eprintln!("gemma-batch: {held}");
             // EX_TEMPFAIL: try again later.
             ExitCode::from(75)
         }

@@ -372,6 +372,24 @@ fn bbq_label_out_of_range_is_an_error_naming_the_item() {
     assert!(stderr.contains("Age.jsonl:2") && stderr.contains("4242") && stderr.contains("label 3"), "{stderr}");
 }
 
+/// A part whose sink another process works on: eval exits 75 with the lease's own message
+/// (who holds it), not only the suite it was running.
+#[test]
+fn eval_while_another_process_holds_a_part_exits_75_naming_the_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = format!(
+        "name = \"held\"\n[model]\ndir = \"{}\"\ndevice = \"cpu\"\n[sink]\ndir = \"out\"\n[[counterfactual]]\nname = \"cf\"\ntemplates = [\"{{{{ group }}}}\"]\ngroups = [\"a\", \"b\"]\nmax_new_tokens = 2\n",
+        repo().join("models/tiny-gemma4").display()
+    );
+    std::fs::write(tmp.path().join("suite.toml"), suite).unwrap();
+    let leases = tmp.path().join("out/cf-cf/out/leases").display().to_string();
+    let _held = gemma_batch::sink::lease::Lease::acquire(&leases, "run", "holder-run", false).unwrap();
+    let out = bin().arg("eval").arg(tmp.path().join("suite.toml")).arg("--quiet").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("another gemma-batch") && stderr.contains("holder-run"), "{stderr}");
+}
+
 #[test]
 fn gate_over_zero_scored_items_fails() {
     let tmp = tempfile::tempdir().unwrap();
